@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# The embedded local stack: a single-node KRaft Kafka broker (jars from Maven Central) and a
+# PostgreSQL cluster (Debian's binaries), both started as plain processes under .local/.
+#
+#   stack.sh up [--record FILE] [SERVICE...]   start (idempotent); --record lists what this call started
+#   stack.sh down [--from FILE] [SERVICE...]   stop (idempotent); --from stops only what FILE lists
+#   stack.sh status                            one line per service: up/down, pid, address
+#
+# Every listener binds 127.0.0.1. Ports and paths come from the environment (see README).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LOCAL=${ORDER_RECOVERY_LOCAL_DIR:-$ROOT/.local}
+LOGS=$LOCAL/logs
+KAFKA_PORT=${LOCAL_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-19093}
+KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
+PG_PORT=${LOCAL_PG_PORT:-55432}
+PG_USER=${LOCAL_PG_USER:-recovery}
+PG_DB=${LOCAL_PG_DB:-order_recovery}
+READY_TIMEOUT=${LOCAL_READY_TIMEOUT:-90}
+ALL_SERVICES=(kafka postgres)
+
+KAFKA_DIR=$LOCAL/kafka
+KAFKA_LIBS=$KAFKA_DIR/libs
+KAFKA_PID=$KAFKA_DIR/kafka.pid
+PG_DATA=$LOCAL/pg
+PG_SOCK=$LOCAL/pgsock
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "stack: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+read_pid() { [ -f "$1" ] && head -n1 "$1" | tr -dc '0-9' || true; }
+
+# Waits until CHECK succeeds; on timeout names the service and its log.
+wait_for() {
+  local name=$1 log=$2 pid_file=$3; shift 3
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until "$@"; do
+    if ! pid_alive "$(read_pid "$pid_file")"; then
+      tail -n 20 "$log" >&2 2>/dev/null || true
+      die "$name exited during start-up; see $log"
+    fi
+    [ $SECONDS -lt $deadline ] || die "$name not ready after ${READY_TIMEOUT}s; see $log"
+    sleep 0.3
+  done
+}
+
+# ---------------------------------------------------------------- kafka
+kafka_fetch() {
+  local pom=$ROOT/deploy/local/kafka/pom.xml stamp=$KAFKA_LIBS/.pom.sha256 want
+  want=$(sha256sum "$pom" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  command -v mvn >/dev/null || die "mvn not found: install Maven (Debian package 'maven') to fetch the Kafka jars"
+  say "stack: fetching Kafka jars from Maven Central into $KAFKA_LIBS (once; log: $LOGS/mvn.log)"
+  rm -rf "$KAFKA_LIBS" && mkdir -p "$KAFKA_LIBS"
+  mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_LIBS" >"$LOGS/mvn.log" 2>&1 \
+    || { tail -n 20 "$LOGS/mvn.log" >&2; die "Maven could not fetch the Kafka jars; see $LOGS/mvn.log"; }
+  echo "$want" >"$stamp"
+}
+
+kafka_java() {
+  command -v java >/dev/null || die "java not found: Kafka needs Java 17 (Debian package 'openjdk-17-jre-headless')"
+  java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Dkafka.logs.dir=$LOGS" "-Dlog4j2.configurationFile=$ROOT/deploy/local/kafka/log4j2.properties" \
+    -cp "$KAFKA_LIBS/*" "$@"
+}
+
+kafka_render_config() {
+  sed -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" -e "s|@CONTROLLER_PORT@|$KAFKA_CONTROLLER_PORT|g" \
+    -e "s|@DATA_DIR@|$KAFKA_DIR/data|g" \
+    "$ROOT/deploy/local/kafka/server.properties.in" >"$KAFKA_DIR/server.properties"
+}
+
+kafka_ready() { port_open "$KAFKA_PORT" && grep -q "Kafka Server started" "$LOGS/kafka.log" 2>/dev/null; }
+
+kafka_up() {
+  if pid_alive "$(read_pid "$KAFKA_PID")"; then say "stack: kafka already up"; return 0; fi
+  rm -f "$KAFKA_PID"
+  if port_open "$KAFKA_PORT"; then
+    die "port $KAFKA_PORT is taken by another process; stop it or set LOCAL_KAFKA_PORT"
+  fi
+  kafka_fetch
+  kafka_render_config
+  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$LOGS/kafka.out")
+    kafka_java kafka.tools.StorageTool format --standalone -t "$cluster_id" \
+      -c "$KAFKA_DIR/server.properties" >>"$LOGS/kafka.out" 2>&1 \
+      || die "formatting Kafka storage failed; see $LOGS/kafka.out"
+  fi
+  : >"$LOGS/kafka.log"
+  # setsid: Ctrl-C in `make run` stops the worker, not the services.
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KAFKA_PID" \
+    java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Dkafka.logs.dir=$LOGS" "-Dlog4j2.configurationFile=$ROOT/deploy/local/kafka/log4j2.properties" \
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    >>"$LOGS/kafka.out" 2>&1 </dev/null &
+  local waited=0
+  until [ -s "$KAFKA_PID" ] || [ $waited -ge 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+  wait_for kafka "$LOGS/kafka.log" "$KAFKA_PID" kafka_ready
+  STARTED=1
+  say "stack: kafka up on 127.0.0.1:$KAFKA_PORT (pid $(read_pid "$KAFKA_PID"), log $LOGS/kafka.log)"
+}
+
+kafka_down() {
+  local pid; pid=$(read_pid "$KAFKA_PID")
+  if pid_alive "$pid"; then
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    pid_alive "$pid" && kill -KILL "$pid"
+    say "stack: kafka stopped"
+  fi
+  rm -f "$KAFKA_PID"
+}
+
+kafka_status() {
+  local pid; pid=$(read_pid "$KAFKA_PID")
+  if pid_alive "$pid"; then echo "kafka     up    pid $pid  127.0.0.1:$KAFKA_PORT  log $LOGS/kafka.log"
+  else echo "kafka     down"; fi
+}
+
+# ---------------------------------------------------------------- postgres
+pg_bindir() {
+  if command -v pg_ctl >/dev/null && command -v initdb >/dev/null; then
+    dirname "$(readlink -f "$(command -v pg_ctl)")"; return
+  fi
+  local d; d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  if [ -n "$d" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "stack: installing Debian's postgresql package (log: $LOGS/apt.log)"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; } \
+      >"$LOGS/apt.log" 2>&1 || die "apt-get install postgresql failed; see $LOGS/apt.log"
+    d=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1); echo "$d"; return
+  fi
+  die "PostgreSQL server binaries not found: install the 'postgresql' package (Debian/Ubuntu) or put initdb and pg_ctl on PATH"
+}
+
+# initdb and postgres refuse to run as root: as root, run them as an unprivileged system user.
+pg_os_user() {
+  if [ "$(id -u)" != 0 ]; then id -un; return; fi
+  local u=${LOCAL_PG_OS_USER:-postgres}
+  if ! id "$u" >/dev/null 2>&1; then
+    u=order-recovery-pg
+    id "$u" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$u"
+  fi
+  echo "$u"
+}
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u "$PG_OS_USER" -- "$@"; else "$@"; fi
+}
+
+# The postgres user must be able to reach .local/ (a clone in a mktemp -d dir is mode 700).
+pg_grant_traverse() {
+  [ "$(id -u)" = 0 ] || return 0
+  local d=$LOCAL
+  while [ "$d" != / ]; do
+    if ! runuser -u "$PG_OS_USER" -- test -x "$d" 2>/dev/null; then
+      say "stack: granting traverse (o+x) on $d so the '$PG_OS_USER' user can reach $PG_DATA"
+      chmod o+x "$d"
+    fi
+    d=$(dirname "$d")
+  done
+}
+
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+pg_up() {
+  PG_BIN=$(pg_bindir); PG_OS_USER=$(pg_os_user)
+  if [ -f "$PG_DATA/postmaster.pid" ] && pid_alive "$(read_pid "$PG_DATA/postmaster.pid")"; then
+    say "stack: postgres already up"; return 0
+  fi
+  if port_open "$PG_PORT"; then
+    die "port $PG_PORT is taken by another process; stop it or set LOCAL_PG_PORT"
+  fi
+  mkdir -p "$PG_DATA" "$PG_SOCK"
+  [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$PG_DATA" "$PG_SOCK" && chmod 700 "$PG_DATA"
+  pg_grant_traverse
+  if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_USER" --auth=trust -E UTF8 --no-locale \
+      >"$LOGS/initdb.log" 2>&1 || die "initdb failed; see $LOGS/initdb.log"
+    cat >>"$PG_DATA/postgresql.conf" <<EOF
+# --- order-recovery local stack ---
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCK'
+max_connections = 200
+EOF
+  fi
+  rm -f "$PG_DATA/postmaster.pid"
+  touch "$LOGS/postgres.log" && { [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$LOGS/postgres.log"; }
+  setsid bash -c "$(declare -f as_pg); PG_OS_USER=$PG_OS_USER; as_pg '$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$LOGS/postgres.log' -w -t '$READY_TIMEOUT' start" \
+    >"$LOGS/pg_ctl.log" 2>&1 </dev/null \
+    || { tail -n 20 "$LOGS/postgres.log" >&2; die "postgres did not start; see $LOGS/postgres.log"; }
+  wait_for postgres "$LOGS/postgres.log" "$PG_DATA/postmaster.pid" pg_ready
+  if [ -z "$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" ]; then
+    "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
+  fi
+  STARTED=1
+  say "stack: postgres up on 127.0.0.1:$PG_PORT (pid $(read_pid "$PG_DATA/postmaster.pid"), log $LOGS/postgres.log)"
+}
+
+pg_down() {
+  [ -f "$PG_DATA/postmaster.pid" ] || return 0
+  local pid; pid=$(read_pid "$PG_DATA/postmaster.pid")
+  if pid_alive "$pid"; then
+    PG_BIN=$(pg_bindir); PG_OS_USER=$(pg_os_user)
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >>"$LOGS/pg_ctl.log" 2>&1 || kill -KILL "$pid"
+    say "stack: postgres stopped"
+  else
+    rm -f "$PG_DATA/postmaster.pid"
+  fi
+}
+
+pg_status() {
+  local pid=""; [ -f "$PG_DATA/postmaster.pid" ] && pid=$(read_pid "$PG_DATA/postmaster.pid")
+  if pid_alive "$pid"; then echo "postgres  up    pid $pid  127.0.0.1:$PG_PORT  log $LOGS/postgres.log"
+  else echo "postgres  down"; fi
+}
+
+# ---------------------------------------------------------------- dispatch
+service_fn() { case $1 in kafka) echo kafka ;; postgres) echo pg ;; *) die "unknown service '$1'" ;; esac; }
+
+main() {
+  mkdir -p "$LOGS" "$KAFKA_DIR"
+  local cmd=${1:-status}; shift || true
+  local record="" from=""
+  local services=()
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --record) record=$2; shift 2 ;;
+      --from) from=$2; shift 2 ;;
+      *) services+=("$1"); shift ;;
+    esac
+  done
+  [ ${#services[@]} -gt 0 ] || services=("${ALL_SERVICES[@]}")
+  case $cmd in
+    up)
+      [ -z "$record" ] || : >"$record"
+      for s in "${services[@]}"; do
+        STARTED=0
+        "$(service_fn "$s")_up"
+        if [ $STARTED = 1 ] && [ -n "$record" ]; then echo "$s" >>"$record"; fi
+      done ;;
+    down)
+      if [ -n "$from" ]; then
+        [ -f "$from" ] || return 0
+        mapfile -t services <"$from"
+      fi
+      local i
+      for ((i = ${#services[@]} - 1; i >= 0; i--)); do
+        [ -z "${services[i]}" ] || "$(service_fn "${services[i]}")_down"
+      done ;;
+    status) for s in "${services[@]}"; do "$(service_fn "$s")_status"; done ;;
+    *) die "usage: stack.sh up|down|status [--record FILE|--from FILE] [SERVICE...]" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,83 @@
+"""Versioned SQL migrations with a schema-version table.
+
+Files are `NNNN_name.sql` in `order_recovery/migrations`; each is applied once, in its own
+transaction, under an advisory lock so two workers starting together do not race. A file whose
+content changed after it was applied is an error: migrations are append-only history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import psycopg
+
+_LOCK_KEY = 0x0DE5_1A7E  # any constant shared by every worker of this project
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database's migration history disagrees with the files shipped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def shipped_migrations(directory: Path | None = None) -> list[Migration]:
+    root = directory or Path(str(resources.files("order_recovery") / "migrations"))
+    found = []
+    for path in sorted(root.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_name.sql")
+        found.append(Migration(match[1], match[2], path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"duplicate migration versions in {root}")
+    return found
+
+
+def migrate(dsn: str, directory: Path | None = None) -> list[str]:
+    """Apply what is missing; return the versions applied now (empty when up to date)."""
+    applied_now: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version    text PRIMARY KEY,
+                       name       text NOT NULL,
+                       checksum   text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            for migration in shipped_migrations(directory):
+                if migration.version in done:
+                    if done[migration.version] != migration.checksum:
+                        raise MigrationError(
+                            f"migration {migration.version}_{migration.name} was edited after it "
+                            "was applied; add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum)"
+                        " VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now

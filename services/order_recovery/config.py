@@ -1,0 +1,107 @@
+"""The one place configuration comes from: environment variables with defaults that run against
+the local stack `make up` starts, so a newcomer configures nothing."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXCEPTION_TYPES: tuple[str, ...] = ("payment-timeout", "shipping-delay", "logistics-exception")
+OUTCOME_TOPIC_SUFFIX = "recovery-outcome"
+DLQ_SUFFIX = ".dlq"
+
+
+class ConfigError(ValueError):
+    """A variable is set to something the worker cannot use; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    database_url: str = "postgresql://recovery@127.0.0.1:55432/order_recovery"
+    topic_prefix: str = "orders."
+    topic_partitions: int = 6
+    topic_replication_factor: int = 1
+    consumer_group: str = "order-recovery"
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    batch_size: int = 500
+    batch_timeout_s: float = 0.2
+    policy_dir: Path | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        policy_dir = env.get("ORDER_RECOVERY_POLICY_DIR") or None
+        return cls(
+            kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS")
+            or defaults.kafka_bootstrap_servers,
+            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            topic_prefix=env.get("ORDER_RECOVERY_TOPIC_PREFIX", defaults.topic_prefix),
+            topic_partitions=_int(env, "ORDER_RECOVERY_TOPIC_PARTITIONS", 6, minimum=1),
+            topic_replication_factor=_int(env, "ORDER_RECOVERY_TOPIC_REPLICATION", 1, minimum=1),
+            consumer_group=env.get("ORDER_RECOVERY_CONSUMER_GROUP") or defaults.consumer_group,
+            worker_id=env.get("ORDER_RECOVERY_WORKER_ID") or defaults.worker_id,
+            metrics_host=env.get("ORDER_RECOVERY_METRICS_HOST") or defaults.metrics_host,
+            metrics_port=_int(env, "ORDER_RECOVERY_METRICS_PORT", 9464),
+            batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 500, minimum=1),
+            batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.2),
+            policy_dir=Path(policy_dir) if policy_dir else None,
+            log_level=(env.get("ORDER_RECOVERY_LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def source_topic(self, event_type: str) -> str:
+        return f"{self.topic_prefix}{event_type}"
+
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        return tuple(self.source_topic(t) for t in EXCEPTION_TYPES)
+
+    @property
+    def outcome_topic(self) -> str:
+        return f"{self.topic_prefix}{OUTCOME_TOPIC_SUFFIX}"
+
+    @staticmethod
+    def dlq_topic(source_topic: str) -> str:
+        return f"{source_topic}{DLQ_SUFFIX}"
+
+    @property
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic the project owns: sources, their dead-letter topics, outcomes."""
+        return (
+            *self.source_topics,
+            *(self.dlq_topic(t) for t in self.source_topics),
+            self.outcome_topic,
+        )
