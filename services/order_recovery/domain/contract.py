@@ -1,0 +1,302 @@
+"""The event contract: JSON bytes in, typed events out, or a typed InvalidEvent.
+
+The JSON Schema files in the repo's `schemas/` directory are the single source of truth. They are
+compiled once with jsonschema-rs (a Rust implementation of draft 2020-12) because validation runs on
+the worker's hot path; a unit test checks it agrees with the reference `jsonschema` validator on
+every example and on generated events. Error details are computed only on the (rare) failure path.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import orjson
+
+from order_recovery.domain.errors import (
+    MalformedJson,
+    SchemaViolation,
+    UnknownEventType,
+    UnknownPlatform,
+)
+from order_recovery.domain.events import (
+    CarrierPickupStatus,
+    Envelope,
+    Event,
+    EventType,
+    Evidence,
+    GoodsCategory,
+    LogisticsException,
+    LogisticsExceptionKind,
+    PaymentTimeout,
+    ShippingDelay,
+)
+
+SCHEMAS_DIR_ENV = "ORDER_RECOVERY_SCHEMAS_DIR"
+OUTCOME_SCHEMA = "recovery-outcome.v1.schema.json"
+ENVELOPE_SCHEMA = "envelope.schema.json"
+
+
+def schemas_dir() -> Path:
+    """`$ORDER_RECOVERY_SCHEMAS_DIR`, else the `schemas/` directory at the repository root."""
+    configured = os.environ.get(SCHEMAS_DIR_ENV)
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "schemas"
+
+
+def schema_file(event_type: str, version: int) -> str:
+    return f"{event_type}.v{version}.schema.json"
+
+
+class ContractError(RuntimeError):
+    """The schema directory is missing or incomplete: a deployment problem, not a bad event."""
+
+
+def _ts(value: str, field: str) -> datetime:
+    # The schema's pattern guarantees shape and offset; this catches impossible dates (month 13).
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise SchemaViolation(field, f"not a valid date-time: {value!r} ({exc})") from None
+
+
+def _opt_ts(value: str | None, field: str) -> datetime | None:
+    return None if value is None else _ts(value, field)
+
+
+def _uuid(value: str, field: str) -> str:
+    """The canonical lower-case form: the worker stores event ids in a Postgres uuid column and
+    compares them with what it reads back as text, so "ABC..." and "abc..." must be one id."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError) as exc:  # only with a looser schema dir
+        raise SchemaViolation(field, f"not a UUID: {value!r} ({exc})") from None
+
+
+def _opt_int(value: Any) -> int | None:
+    # JSON Schema counts 100.0 as an integer; the typed events keep Python ints.
+    return None if value is None else int(value)
+
+
+def _envelope(obj: Mapping[str, Any]) -> Envelope:
+    dsr = obj.get("merchant_dsr")
+    return Envelope(
+        event_id=_uuid(obj["event_id"], "event_id"),
+        event_type=EventType(obj["event_type"]),
+        schema_version=int(obj["schema_version"]),
+        occurred_at=_ts(obj["occurred_at"], "occurred_at"),
+        platform=obj["platform"],
+        order_id=obj["order_id"],
+        buyer_id=obj["buyer_id"],
+        merchant_id=obj["merchant_id"],
+        category=GoodsCategory(obj["category"]),
+        amount_fen=int(obj["amount_fen"]),
+        currency=obj["currency"],
+        order_created_at=_ts(obj["order_created_at"], "order_created_at"),
+        merchant_dsr=None if dsr is None else float(dsr),
+    )
+
+
+def _payment_timeout(obj: Mapping[str, Any]) -> PaymentTimeout:
+    return PaymentTimeout(
+        envelope=_envelope(obj),
+        stock_available=obj["stock_available"],
+        payment_attempt_count=int(obj["payment_attempt_count"]),
+        payment_failed_at=_opt_ts(obj.get("payment_failed_at"), "payment_failed_at"),
+        payment_channel=obj.get("payment_channel"),
+        channel_return_code=obj.get("channel_return_code"),
+        original_coupon_id=obj.get("original_coupon_id"),
+        window_extension_requested=obj.get("window_extension_requested", False),
+    )
+
+
+def _shipping_delay(obj: Mapping[str, Any]) -> ShippingDelay:
+    return ShippingDelay(
+        envelope=_envelope(obj),
+        paid_at=_ts(obj["paid_at"], "paid_at"),
+        carrier_pickup_status=CarrierPickupStatus(obj["carrier_pickup_status"]),
+        parcel_weight_g=_opt_int(obj.get("parcel_weight_g")),
+    )
+
+
+def _logistics_exception(obj: Mapping[str, Any]) -> LogisticsException:
+    return LogisticsException(
+        envelope=_envelope(obj),
+        exception_kind=LogisticsExceptionKind(obj["exception_kind"]),
+        carrier=obj["carrier"],
+        tracking_no=obj["tracking_no"],
+        exception_reported_at=_ts(obj["exception_reported_at"], "exception_reported_at"),
+        signed_at=_opt_ts(obj.get("signed_at"), "signed_at"),
+        parcel_weight_g=_opt_int(obj.get("parcel_weight_g")),
+        evidence=tuple(Evidence(e["kind"], e["uri"]) for e in obj.get("evidence", ())),
+        tracking_forged=obj.get("tracking_forged", False),
+    )
+
+
+#: (event_type, schema_version) -> builder. A schema file without a builder is not decodable.
+BUILDERS: dict[tuple[str, int], Callable[[Mapping[str, Any]], Event]] = {
+    (EventType.PAYMENT_TIMEOUT.value, 1): _payment_timeout,
+    (EventType.SHIPPING_DELAY.value, 1): _shipping_delay,
+    (EventType.LOGISTICS_EXCEPTION.value, 1): _logistics_exception,
+}
+
+
+def _path(parts: Collection[str | int], leaf: str | None = None) -> str:
+    names = [str(p) for p in parts]
+    if leaf is not None:
+        names.append(leaf)
+    return ".".join(names)
+
+
+def _first_unexpected(kind: Any) -> str | None:
+    unexpected = getattr(kind, "unexpected", None)
+    return str(unexpected[0]) if unexpected else None
+
+
+def _violation(validator: Any, obj: Any) -> SchemaViolation:
+    """The most specific error: a failing subschema also leaves its properties "unevaluated", so
+    the unevaluatedProperties errors are only reported when nothing else is wrong."""
+    errors = list(validator.iter_errors(obj))
+    if not errors:  # pragma: no cover - only called after is_valid() said False
+        return SchemaViolation("", "invalid")
+    real = [
+        e
+        for e in errors
+        if not isinstance(e.kind, jsonschema_rs.ValidationErrorKind.UnevaluatedProperties)
+    ]
+    best = max(real or errors, key=lambda e: len(e.instance_path))
+    kind = best.kind
+    leaf: str | None = None
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        leaf = str(kind.property)
+    elif isinstance(
+        kind,
+        jsonschema_rs.ValidationErrorKind.AdditionalProperties
+        | jsonschema_rs.ValidationErrorKind.UnevaluatedProperties,
+    ):
+        leaf = _first_unexpected(kind)
+    return SchemaViolation(_path(best.instance_path, leaf), best.message)
+
+
+_NESTED_PAYLOAD = (
+    "events are flat: the fields of the former `payload` object (amount_fen, category, ...) "
+    "belong at the top level beside event_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """Compiled validators for one schema directory."""
+
+    directory: Path
+    schemas: Mapping[str, Mapping[str, Any]]  # file name -> parsed schema
+    _event_validators: Mapping[tuple[str, int], Any]
+    _outcome_validator: Any
+
+    @classmethod
+    def load(cls, directory: Path | None = None) -> Contract:
+        root = Path(directory) if directory is not None else schemas_dir()
+        if not root.is_dir():
+            raise ContractError(f"schema directory {root} does not exist (set {SCHEMAS_DIR_ENV})")
+        schemas = {p.name: orjson.loads(p.read_bytes()) for p in sorted(root.glob("*.schema.json"))}
+        wanted = [ENVELOPE_SCHEMA, OUTCOME_SCHEMA, *(schema_file(t, v) for t, v in BUILDERS)]
+        missing = [name for name in wanted if name not in schemas]
+        if missing:
+            raise ContractError(f"schema directory {root} lacks {missing}")
+        registry = jsonschema_rs.Registry([(s["$id"], s) for s in schemas.values()])
+
+        def compile_(name: str) -> Any:
+            return jsonschema_rs.Draft202012Validator(schemas[name], registry=registry)
+
+        return cls(
+            directory=root,
+            schemas=schemas,
+            _event_validators={key: compile_(schema_file(*key)) for key in BUILDERS},
+            _outcome_validator=compile_(OUTCOME_SCHEMA),
+        )
+
+    def validator(self, schema_name: str) -> Any:
+        """The compiled validator of one schema file (e.g. "shipping-delay.v1.schema.json")."""
+        if schema_name == OUTCOME_SCHEMA:
+            return self._outcome_validator
+        event_type, _, rest = schema_name.partition(".v")
+        return self._event_validators[(event_type, int(rest.split(".")[0]))]
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(t for t, _ in self._event_validators)
+
+    def decode_event(
+        self, raw: bytes | bytearray | memoryview | str, *, platforms: Collection[str] | None = None
+    ) -> Event:
+        """Parse and validate one message value. `platforms`, when given, is the set of platforms
+        with a loaded policy; others raise UnknownPlatform (the rules need a policy anyway)."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJson("", f"not UTF-8 JSON: {exc}") from None
+        return self.event_from_dict(obj, platforms=platforms)
+
+    def event_from_dict(self, obj: Any, *, platforms: Collection[str] | None = None) -> Event:
+        if not isinstance(obj, dict):
+            raise MalformedJson("", f"top-level JSON value is {type(obj).__name__}, not an object")
+        event_type = obj.get("event_type")
+        if type(event_type) is not str:
+            raise SchemaViolation("event_type", "missing or not a string")
+        version = obj.get("schema_version")
+        if type(version) is float and version.is_integer():
+            version = int(version)
+        if type(version) is not int:
+            raise SchemaViolation("schema_version", "missing or not an integer")
+        key = (event_type, version)
+        validator = self._event_validators.get(key)
+        if validator is None:
+            if event_type in self.event_types:
+                raise UnknownEventType("schema_version", f"no schema for {event_type} v{version}")
+            raise UnknownEventType("event_type", f"unknown event type {event_type!r}")
+        if not validator.is_valid(obj):
+            if isinstance(obj.get("payload"), dict):  # the pre-flattening shape: say so plainly
+                raise SchemaViolation("payload", _NESTED_PAYLOAD)
+            raise _violation(validator, obj)
+        if platforms is not None and obj["platform"] not in platforms:
+            raise UnknownPlatform("platform", f"no policy for platform {obj['platform']!r}")
+        return BUILDERS[key](obj)
+
+    def validate_event_dict(self, obj: Any) -> None:
+        """Schema check only (no typed event built), for producers and tests."""
+        self.event_from_dict(obj)
+
+    def validate_outcome(self, obj: Any) -> None:
+        """Raise SchemaViolation unless `obj` is a valid recovery-outcome.v1 message."""
+        if not isinstance(obj, dict):
+            raise MalformedJson("", f"outcome is {type(obj).__name__}, not an object")
+        if not self._outcome_validator.is_valid(obj):
+            raise _violation(self._outcome_validator, obj)
+
+
+@cache
+def default_contract() -> Contract:
+    """Loaded on first use and kept: schemas do not change under a running worker."""
+    return Contract.load()
+
+
+def decode_event(
+    raw: bytes | bytearray | memoryview | str, *, platforms: Collection[str] | None = None
+) -> Event:
+    return default_contract().decode_event(raw, platforms=platforms)
+
+
+def event_from_dict(obj: Any, *, platforms: Collection[str] | None = None) -> Event:
+    return default_contract().event_from_dict(obj, platforms=platforms)
+
+
+def validate_outcome(obj: Any) -> None:
+    default_contract().validate_outcome(obj)

@@ -1,0 +1,42 @@
+"""The recovery-outcome.v1 message for a decision (see schemas/recovery-outcome.v1.schema.json)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from order_recovery.domain.decision import Decision
+from order_recovery.domain.events import Event
+
+# Fixed namespace so the outcome id is a pure function of the source event id: a replayed event
+# produces an outcome with the same id, and consumers can deduplicate on it.
+_OUTCOME_NAMESPACE = uuid.UUID("6f0b9d0e-3c1a-5b7e-9a53-0d7c2f4e8b11")
+
+
+def outcome_event_id(source_event_id: str) -> str:
+    return f"outcome-{uuid.uuid5(_OUTCOME_NAMESPACE, source_event_id)}"
+
+
+def _iso(at: datetime) -> str:
+    if at.tzinfo is None:
+        raise ValueError("outcome timestamps must be timezone-aware")
+    return at.isoformat()
+
+
+def outcome_event(event: Event, decision: Decision, *, decided_at: datetime) -> dict[str, Any]:
+    """`decided_at` is supplied by the caller (the worker's clock) so this stays pure; the gap
+    between the source's occurred_at and it is the time-to-decision the dashboard tracks."""
+    env = event.envelope
+    return {
+        "event_id": outcome_event_id(env.event_id),
+        "event_type": "recovery-outcome",
+        "schema_version": 1,
+        "occurred_at": _iso(decided_at),
+        "platform": env.platform,
+        "order_id": env.order_id,
+        "source_event_id": env.event_id,
+        "source_event_type": str(env.event_type),
+        "source_occurred_at": _iso(env.occurred_at),
+        "decision": decision.to_dict(),
+    }
