@@ -39,10 +39,18 @@ down:
 status:
 	@$(STACK) status
 
+# The sample feed runs beside the worker so decisions and metrics move at once (SAMPLE_RATE=0: off).
+SAMPLE_RATE ?= 20
 run: venv up
 	$(BIN)/recoveryctl topics create
 	$(BIN)/recoveryctl db migrate
 	@echo "worker starting; Ctrl-C stops it, 'make down' stops Kafka and Postgres"
+	@if [ "$(SAMPLE_RATE)" != 0 ]; then \
+	  echo "sample feed: $(SAMPLE_RATE) events/s (log .local/logs/sample-feed.log)"; \
+	  $(BIN)/recoveryctl produce-sample --count 0 --rate $(SAMPLE_RATE) \
+	    >.local/logs/sample-feed.log 2>&1 & feeder=$$!; \
+	fi; \
+	trap '[ -z "$$feeder" ] || kill $$feeder 2>/dev/null' EXIT; \
 	$(BIN)/recovery-worker
 
 # Stops only the services this run started (a developer's own `make up` stays up), pass or fail.

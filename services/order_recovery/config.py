@@ -44,6 +44,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
@@ -57,7 +64,9 @@ class Settings:
     metrics_port: int = 9464
     batch_size: int = 500
     batch_timeout_s: float = 0.2
+    max_poll_interval_ms: int = 300_000
     policy_dir: Path | None = None
+    runtime: str = "faust"
     log_level: str = "INFO"
 
     @classmethod
@@ -78,8 +87,12 @@ class Settings:
             metrics_port=_int(env, "ORDER_RECOVERY_METRICS_PORT", 9464),
             batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 500, minimum=1),
             batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.2),
+            max_poll_interval_ms=_int(
+                env, "ORDER_RECOVERY_MAX_POLL_INTERVAL_MS", 300_000, minimum=1000
+            ),
             policy_dir=Path(policy_dir) if policy_dir else None,
             log_level=(env.get("ORDER_RECOVERY_LOG_LEVEL") or "INFO").upper(),
+            runtime=_choice(env, "ORDER_RECOVERY_RUNTIME", "faust", ("faust", "confluent")),
         )
 
     def source_topic(self, event_type: str) -> str:

@@ -1,14 +1,33 @@
-"""The faust-streaming runtime: agents that feed the source topics to the pipeline."""
+"""The faust-streaming runtime: one agent over the three source topics feeding the pipeline in
+batches.
+
+Guards against faust's known traps: concurrency stays 1 (with more, faust commits past an event
+still in flight, faust#606); batches come from `take_events`, which acks only after our loop body
+returns (plain `take()` acks even under `noack`); and the body never lets an exception escape with a
+batch in hand, because faust would ack (and commit) the unprocessed batch on the way out (#315) or
+stop consuming silently (#175). Instead the process exits at once without acking, and the events
+are redelivered when it restarts; the decisions table makes that harmless.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import faust
+from faust.types import TP
 
 from order_recovery.config import Settings
+from order_recovery.pipeline import BatchResult, SourceRecord
+from order_recovery.worker import Worker
 
 log = logging.getLogger(__name__)
+
+EXIT_BUG = 70
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -16,35 +35,98 @@ def broker_urls(bootstrap: str) -> list[str]:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """A faust app bound to loopback, with no topic auto-creation of its own."""
+    """A faust app bound to loopback, creating no topics of its own."""
     return faust.App(
         settings.consumer_group,
         broker=broker_urls(settings.kafka_bootstrap_servers),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        # faust's own web server would bind 0.0.0.0; metrics are served by our own listener.
+        # faust's web server would bind 0.0.0.0; /metrics etc. are served by HealthServer.
         web_enabled=False,
         web_bind=settings.metrics_host,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         datadir=f"/tmp/order-recovery-faust-{settings.worker_id}",
+        broker_commit_every=settings.batch_size,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
     )
 
 
-def run_worker(settings: Settings) -> int:
+def _record(event: Any) -> SourceRecord:
+    message = event.message
+    timestamp = message.timestamp
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        timestamp_ms=int(timestamp * 1000) if timestamp else None,
+        headers=tuple((k, v) for k, v in (message.headers or ())),
+    )
+
+
+def run(settings: Settings) -> int:
+    worker = Worker(settings, runtime="faust")
     app = create_app(settings)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
+    source = app.topic(*settings.source_topics, value_type=bytes, key_type=bytes)
 
-    @app.agent(app.topic(*settings.source_topics, value_type=bytes, key_type=bytes))
-    async def log_events(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            log.info(
-                "received %s[%s]@%s",
-                event.message.topic,
-                event.message.partition,
-                event.message.offset,
+    async def process_batch(records: Sequence[SourceRecord]) -> BatchResult:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(executor, worker.pipeline.process, records)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # Shutdown: finish the batch in hand (retries give up once stop is set), then let
+            # faust ack and commit it. A batch that could not finish must not be acked.
+            worker.stop.set()
+            while not future.done():
+                await asyncio.sleep(0.05)
+            if future.exception() is not None:
+                log.warning("stopping with an unfinished batch; it will be redelivered")
+                os._exit(0)
+            raise
+        except Exception:
+            log.critical(
+                "pipeline failed outside any single event; exiting without ack", exc_info=True
             )
+            logging.shutdown()
+            os._exit(EXIT_BUG)
 
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), redirect_stdouts=False)
-    worker.execute_from_commandline()
+    @app.agent(source, concurrency=1)
+    async def recover(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(
+            settings.batch_size, within=settings.batch_timeout_s
+        ):
+            result = await process_batch([_record(e) for e in events])
+            for (topic, partition), next_offset in result.commit_offsets.items():
+                highwater = app.consumer.highwater(TP(topic, partition))
+                if highwater is not None:
+                    worker.metrics.consumer_lag.labels(topic, str(partition)).set(
+                        max(0, highwater - next_offset)
+                    )
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        worker.set_consuming(True)
+
+    @app.task
+    async def started() -> None:
+        worker.start_background()
+
+    faust_worker = faust.Worker(
+        app, loglevel=_faust_loglevel(settings.log_level), redirect_stdouts=False
+    )
+    try:
+        faust_worker.execute_from_commandline()
+    finally:
+        worker.close()
+        executor.shutdown(wait=True)
     return 0
+
+
+def _faust_loglevel(level: str) -> str:
+    return {"WARNING": "warn", "CRITICAL": "crit"}.get(level, level.lower())

@@ -30,6 +30,27 @@ def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _produce_sample(args: argparse.Namespace, settings: Settings) -> int:
+    from order_recovery.adapters.sample_feed import produce_sample
+
+    def progress(sent: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rsent {sent}", end="", file=sys.stderr, flush=True)
+
+    sent = produce_sample(settings, args.count, args.rate, args.seed, progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"sent {sent} sample events to {settings.topic_prefix}*")
+    return EXIT_OK
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recoveryctl",
@@ -48,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
         handler=_db_migrate
     )
+    sample = commands.add_parser(
+        "produce-sample",
+        help="publish realistic mixed sample events (all platforms, edge cases, duplicates)",
+    )
+    sample.add_argument("--count", type=int, default=1000, help="events to send; 0 = forever")
+    sample.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=None,
+        help="events per second at most (default: as fast as possible)",
+    )
+    sample.add_argument("--seed", type=int, default=1, help="generator seed (same seed, same feed)")
+    sample.set_defaults(handler=_produce_sample)
     return parser
 
 

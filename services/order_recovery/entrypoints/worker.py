@@ -8,14 +8,20 @@ import sys
 from collections.abc import Sequence
 
 from order_recovery.config import ConfigError, Settings
+from order_recovery.domain.errors import PolicyError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recovery-worker", description="Consume order-exception events and decide recovery."
     )
-    parser.add_argument("--runtime", choices=["faust"], default="faust")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--runtime",
+        choices=["faust", "confluent"],
+        default=None,
+        help="consumer runtime (default: ORDER_RECOVERY_RUNTIME, else faust)",
+    )
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -24,9 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    from order_recovery.adapters.faust_app import run_worker
-
-    return run_worker(settings)
+    runtime = args.runtime or settings.runtime
+    if runtime == "confluent":
+        from order_recovery.adapters.confluent_runtime import run
+    else:
+        from order_recovery.adapters.faust_app import run
+    try:
+        return run(settings)
+    except PolicyError as exc:
+        print(f"recovery-worker: refusing to start: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

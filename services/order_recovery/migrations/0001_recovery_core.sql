@@ -89,7 +89,7 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
 
 -- Outcome events waiting to be published (transactional outbox).
 CREATE TABLE outbox (
-    outcome_id    uuid        PRIMARY KEY,
+    outcome_id    text        PRIMARY KEY,   -- derived from event_id: a resend keeps it
     event_id      uuid        NOT NULL UNIQUE REFERENCES decisions (event_id),
     order_id      text        NOT NULL,
     payload       bytea       NOT NULL,

@@ -1,0 +1,187 @@
+"""The confluent-kafka runtime: batch consume, the pipeline, then a synchronous commit of exactly
+the offsets the pipeline finished.
+
+librdkafka's traps and how this avoids them:
+- auto offset store would save offsets before they are processed: `enable.auto.offset.store` and
+  `enable.auto.commit` are off; offsets are committed explicitly after `Pipeline.process` returns,
+  i.e. after the Postgres commit and the broker's acknowledgement of outcomes and dead letters.
+- committing a partition that was revoked meanwhile errors: only partitions still assigned are
+  committed; the rest will be re-read by their new owner and deduplicated by the decisions table.
+- processing longer than `max.poll.interval.ms` drops the consumer from its group: while a batch
+  waits out an outage, the retry loop pauses the assignment and polls, which keeps the membership
+  alive without fetching anything new.
+Rebalancing is cooperative (incremental): a rebalance only moves the partitions that must move, and
+callbacks run inside `consume`/`poll`, so the batch in hand is either committed before a revoke is
+handled or, when revoked mid-retry, its revoked partitions are simply not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from order_recovery.adapters.retry import transient_cause
+from order_recovery.config import Settings
+from order_recovery.pipeline import BatchResult, SourceRecord
+from order_recovery.worker import Worker
+
+log = logging.getLogger(__name__)
+
+EXIT_BUG = 70
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "group.id": settings.consumer_group,
+        "client.id": f"order-recovery-{settings.worker_id}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "max.poll.interval.ms": settings.max_poll_interval_ms,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 65_536,
+    }
+
+
+def _record(msg: Message) -> SourceRecord:
+    _, timestamp = msg.timestamp()
+    return SourceRecord(
+        topic=msg.topic() or "",
+        partition=msg.partition() or 0,
+        offset=msg.offset() or 0,
+        key=msg.key(),
+        value=msg.value(),
+        timestamp_ms=timestamp if timestamp and timestamp > 0 else None,
+        headers=tuple((k, v or b"") for k, v in (msg.headers() or ())),
+    )
+
+
+class ConfluentRuntime:
+    def __init__(self, settings: Settings, worker: Worker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.stopping = threading.Event()
+        self.consumer = Consumer(consumer_config(settings), logger=log)
+        self._assigned: set[tuple[str, int]] = set()
+        self._paused = False
+        worker.retry.on_wait = self._keep_membership
+
+    # ------------------------------------------------------------------ rebalance callbacks
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        self.worker.set_consuming(bool(self._assigned))
+        log.info("assigned %s", sorted(self._assigned))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        self.worker.set_consuming(bool(self._assigned))
+        log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
+
+    def _keep_membership(self) -> None:
+        """Called between retries of a batch: poll with the assignment paused so the group keeps
+        us (and may rebalance us) while fetching nothing."""
+        assignment = self.consumer.assignment()
+        if assignment and not self._paused:
+            self.consumer.pause(assignment)
+            self._paused = True
+        msg = self.consumer.poll(0)
+        if msg is not None and msg.error() is None:
+            # Paused partitions deliver nothing new; anything here was already buffered and will
+            # be fetched again after the batch (we never store its offset).
+            self.consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+
+    def _resume(self) -> None:
+        if self._paused:
+            assignment = self.consumer.assignment()
+            if assignment:
+                self.consumer.resume(assignment)
+            self._paused = False
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        self.consumer.subscribe(
+            list(self.settings.source_topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        try:
+            while not self.stopping.is_set():
+                messages = self.consumer.consume(
+                    self.settings.batch_size, timeout=self.settings.batch_timeout_s
+                )
+                records = [_record(m) for m in messages if self._usable(m)]
+                if not records:
+                    continue
+                try:
+                    result = self.worker.pipeline.process(records)
+                except Exception as exc:
+                    if self.worker.stop.is_set() and transient_cause(exc):
+                        log.warning("stopping with an unfinished batch; it will be redelivered")
+                        return 0
+                    log.critical(
+                        "pipeline failed outside any single event; exiting without committing",
+                        exc_info=True,
+                    )
+                    return EXIT_BUG
+                finally:
+                    self._resume()
+                self._commit(result)
+            return 0
+        finally:
+            self.consumer.close()
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error: %s", err)
+        return False
+
+    def _commit(self, result: BatchResult) -> None:
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in result.commit_offsets.items()
+            if (topic, partition) in self._assigned
+        ]
+        if offsets:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                # Revoked between the check and the commit: the new owner re-reads and dedups.
+                log.warning("commit of %d partition(s) failed: %s", len(offsets), exc)
+        for tp in offsets:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high is not None and high >= 0:
+                self.worker.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, high - tp.offset)
+                )
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM/SIGINT: stop fetching, finish (or give up retrying) the batch in hand."""
+        log.info("signal %d: finishing the batch in hand, then stopping", signum)
+        self.stopping.set()
+        self.worker.stop.set()
+
+
+def run(settings: Settings) -> int:
+    worker = Worker(settings, runtime="confluent")
+    runtime = ConfluentRuntime(settings, worker)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, runtime.request_stop)
+    worker.start_background()
+    try:
+        return runtime.run()
+    finally:
+        worker.close()

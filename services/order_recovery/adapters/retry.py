@@ -1,0 +1,104 @@
+"""Retrying transient infrastructure faults: Postgres unreachable or dropped, serialization
+failures, deadlocks, Kafka produce timeouts. Exponential backoff with jitter, capped, for as long as
+the fault lasts, so the partition waits and nothing is lost or dead-lettered for an outage. A stop
+request (SIGTERM) ends the wait at once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import psycopg
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_random_exponential,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class PublishFailed(RuntimeError):
+    """Kafka did not acknowledge every message in time (broker down or slow); safe to retry."""
+
+
+def transient_cause(exc: BaseException) -> str | None:
+    """A short label for a fault worth retrying, or None for anything else (a bug, bad data)."""
+    if isinstance(exc, psycopg.errors.SerializationFailure):
+        return "pg_serialization"
+    if isinstance(exc, psycopg.errors.DeadlockDetected):
+        return "pg_deadlock"
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return "pg_unavailable"
+    if isinstance(exc, PublishFailed):
+        return "kafka_publish"
+    return None
+
+
+class RetryPolicy:
+    def __init__(
+        self,
+        stop: threading.Event,
+        on_retry: Callable[[str], None] = lambda cause: None,
+        on_recovered: Callable[[], None] = lambda: None,
+        initial_s: float = 0.05,
+        max_delay_s: float = 5.0,
+    ) -> None:
+        self.stop = stop
+        self._on_retry = on_retry
+        self._on_recovered = on_recovered
+        self._initial_s = initial_s
+        self._max_delay_s = max_delay_s
+        # A runtime may need to do something while a batch waits (keep its group membership).
+        self.on_wait: Callable[[], None] = lambda: None
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep in short steps, keeping the runtime alive, and wake at once on stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 1.0))
+            self.on_wait()
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """Run fn until it succeeds, retrying transient faults; re-raise anything else, and the
+        last fault when a stop is requested."""
+        failed = False
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal failed
+            failed = True
+            exc = state.outcome.exception() if state.outcome else None
+            cause = transient_cause(exc) if exc else None
+            self._on_retry(cause or "unknown")
+            self.on_wait()
+            log.warning(
+                "%s failed (%s: %s); retry %d in %.2fs",
+                what,
+                cause,
+                exc,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: transient_cause(e) is not None),
+            wait=wait_random_exponential(multiplier=self._initial_s, max=self._max_delay_s),
+            stop=stop_when_event_set(self.stop),
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        result = retrying(fn)
+        if failed:
+            log.info("%s recovered", what)
+            self._on_recovered()
+        return result

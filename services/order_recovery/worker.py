@@ -1,0 +1,118 @@
+"""The composition root of a worker process: configuration, policies, store, publisher, metrics,
+the pipeline, the health listener and the outbox relay, shared by every consumer runtime."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from order_recovery.adapters.http_server import HealthServer
+from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
+from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.postgres.store import PostgresStore
+from order_recovery.adapters.retry import RetryPolicy, transient_cause
+from order_recovery.config import Settings
+from order_recovery.domain.policy import load_policies
+from order_recovery.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+RELAY_INTERVAL_S = 5.0
+RELAY_MIN_AGE_S = 30.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, runtime: str) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.metrics = WorkerMetrics()
+        # Refuse to start on a bad policy file: better no worker than wrong money decisions.
+        self.policies = load_policies(settings.policy_dir)
+        self.store = PostgresStore(settings.database_url)
+        self.publisher = KafkaPublisher(
+            settings.kafka_bootstrap_servers, f"order-recovery-{settings.worker_id}"
+        )
+        self.retry = RetryPolicy(self.stop, self._on_retry, self._on_recovered)
+        self.pipeline = Pipeline(
+            settings, self.policies, self.store, self.publisher, self.metrics, self.retry
+        )
+        versions = ",".join(f"{k}={p.version}" for k, p in sorted(self.policies.items()))
+        self.metrics.info.labels(runtime, versions).set(1)
+        self._consuming = False
+        self._healthy = True
+        self._http: HealthServer | None = None
+        self._relay = threading.Thread(target=self._relay_loop, name="outbox-relay", daemon=True)
+
+    # ------------------------------------------------------------------ readiness
+    def is_ready(self) -> bool:
+        return self._consuming and self._healthy and not self.stop.is_set()
+
+    def set_consuming(self, consuming: bool) -> None:
+        self._consuming = consuming
+        self._update_ready()
+
+    def _on_retry(self, cause: str) -> None:
+        self.metrics.retries.labels(cause).inc()
+        self._healthy = False
+        self._update_ready()
+
+    def _on_recovered(self) -> None:
+        self._healthy = True
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        self.metrics.ready.set(1 if self.is_ready() else 0)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_background(self) -> None:
+        self._http = HealthServer(
+            self.settings.metrics_host,
+            self.settings.metrics_port,
+            self.metrics.registry,
+            self.is_ready,
+        ).start()
+        host, port = self._http.address
+        log.info("metrics, /healthz and /readyz on http://%s:%d", host, port)
+        self._relay.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._update_ready()
+        if self._http is not None:
+            self._http.stop()
+        self.publisher.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ outbox relay
+    def _relay_loop(self) -> None:
+        """Publishes outcomes a crash left in the outbox (committed, never published) and keeps
+        the backlog gauge current. Runs beside the batches, on its own connection."""
+        store = PostgresStore(self.settings.database_url)
+        try:
+            while not self.stop.wait(RELAY_INTERVAL_S):
+                try:
+                    self.relay_once(store)
+                except Exception as exc:
+                    cause = transient_cause(exc)
+                    if cause is None:
+                        log.exception("outbox relay failed")
+                    else:
+                        self.metrics.retries.labels(cause).inc()
+                    store.reset()
+        finally:
+            store.close()
+
+    def relay_once(self, store: PostgresStore) -> int:
+        rows = store.unpublished(RELAY_MIN_AGE_S, limit=1000)
+        if rows:
+            self.publisher.publish(
+                [
+                    OutgoingMessage(self.settings.outcome_topic, r.order_id.encode(), r.payload)
+                    for r in rows
+                ]
+            )
+            store.mark_published([r.outcome_id for r in rows])
+            self.metrics.outcomes_published.inc(len(rows))
+            log.info("outbox relay published %d outcome(s) left behind", len(rows))
+        self.metrics.outbox_backlog.set(store.outbox_backlog())
+        return len(rows)

@@ -1,0 +1,327 @@
+"""The worker as a process against the real broker and database: what an operator would see.
+
+Every test feeds events, waits for the decisions to land, and checks exactly-once effects in
+Postgres and on the outcomes topic. The reference for "what should have been decided" is computed
+here with the pure rules over the same events, in per-order order (the order Kafka guarantees).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from order_recovery.config import Settings
+from order_recovery.domain.contract import event_from_dict
+from order_recovery.domain.history import OrderHistory, business_day
+from order_recovery.domain.policy import load_policies
+from order_recovery.domain.rules import decide
+from order_recovery.domain.sample import sample_events
+from tests.support.kafka_io import (
+    committed_offsets,
+    produce_events,
+    produce_raw,
+    read_topic,
+    wait_until,
+)
+from tests.support.worker_process import WorkerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def feed(count: int, seed: int) -> list[dict[str, Any]]:
+    """Sample events with one buyer per order, so no decision depends on the interleaving of
+    partitions (a buyer's refunds across orders are covered by the unit tests)."""
+    events = sample_events(count, seed=seed)
+    for event in events:
+        event["buyer_id"] = f"buyer-of-{event['order_id']}"
+    return events
+
+
+def expected_decisions(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """event_id -> Decision, deciding each order's events in feed order with a history kept
+    independently of the worker's code."""
+    policies = load_policies()
+    attempts: Counter[str] = Counter()
+    compensated: set[tuple[str, str]] = set()
+    refunds: Counter[tuple[str, Any]] = Counter()
+    revoked: set[str] = set()
+    decided: dict[str, Any] = {}
+    for raw in events:
+        if raw["event_id"] in decided or raw["platform"] not in policies:
+            continue
+        event = event_from_dict(raw)
+        env = event.envelope
+        key = (env.order_id, str(env.event_type))
+        day = (env.buyer_id, business_day(env.occurred_at))
+        history = OrderHistory(
+            payment_attempts=attempts[env.order_id],
+            buyer_refunds_today=refunds[day],
+            compensation_granted=key in compensated,
+            recovery_right_revoked=env.order_id in revoked,
+        )
+        decision = decide(event, history, policies[env.platform])
+        decided[env.event_id] = decision
+        if str(env.event_type) == "payment-timeout":
+            attempts[env.order_id] += 1
+        if decision.compensation is not None:
+            compensated.add(key)
+            if str(decision.compensation.kind) == "refund":
+                refunds[day] += 1
+        if "forged_logistics" in {str(f) for f in decision.risk_flags}:
+            revoked.add(env.order_id)
+    return decided
+
+
+def db_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def decision_count(dsn: str) -> int:
+    return int(db_rows(dsn, "SELECT count(*) FROM decisions")[0][0])
+
+
+def assert_exactly_once(settings: Settings, events: list[dict[str, Any]]) -> None:
+    expected = expected_decisions(events)
+    rows = db_rows(
+        settings.database_url,
+        "SELECT event_id::text, outcome, rule_ids FROM decisions",
+    )
+    assert len(rows) == len(expected)
+    by_id = {r[0]: r for r in rows}
+    for event_id, decision in expected.items():
+        _, outcome, rule_ids = by_id[event_id]
+        assert (outcome, tuple(rule_ids)) == (str(decision.outcome), decision.rule_ids), event_id
+    comp = db_rows(
+        settings.database_url,
+        "SELECT kind, count(*), sum(amount_fen) FROM compensations GROUP BY kind",
+    )
+    want: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for decision in expected.values():
+        if decision.compensation is not None:
+            want[str(decision.compensation.kind)][0] += 1
+            want[str(decision.compensation.kind)][1] += decision.compensation.amount_fen
+    assert {k: [n, s] for k, n, s in comp} == dict(want)
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    source_ids = [orjson.loads(m.value())["source_event_id"] for m in outcomes]
+    assert Counter(source_ids) == Counter(set(expected)), "one outcome per decided event"
+
+
+class Workers:
+    """The worker processes of one test, all on the runtime the test is parametrised with."""
+
+    def __init__(self, settings: Settings, log_dir: Path, runtime: str) -> None:
+        self.settings, self.log_dir, self.runtime = settings, log_dir, runtime
+        self.started: list[WorkerProcess] = []
+
+    def start(self, name: str = "worker", **env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.settings, self.log_dir, name=name, runtime=self.runtime, extra_env=env
+        ).start()
+        self.started.append(worker)
+        return worker.wait_ready()
+
+
+@pytest.fixture(params=["faust", "confluent"])
+def workers(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> Iterator[Workers]:
+    group = Workers(settings, tmp_path, request.param)
+    yield group
+    for worker in group.started:
+        worker.stop()
+
+
+def test_mixed_feed_is_decided_exactly_once_and_measured(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(3000, seed=11)
+    worker = workers.start()
+    produce_events(settings, events)
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events)
+
+    expected = expected_decisions(events)
+    wait_until(
+        lambda: worker.metric("order_recovery_events_decided_total") == len(expected),
+        10,
+        "metrics to catch up",
+    )
+    assert worker.metric("order_recovery_events_consumed_total") == len(events)
+    assert worker.metric("order_recovery_duplicate_events_total") == len(events) - unique
+    for outcome in {str(d.outcome) for d in expected.values()}:
+        assert worker.metric("order_recovery_events_decided_total", outcome=outcome) == sum(
+            1 for d in expected.values() if str(d.outcome) == outcome
+        )
+    coupons = sum(
+        d.compensation.amount_fen
+        for d in expected.values()
+        if d.compensation is not None and str(d.compensation.kind) == "coupon"
+    )
+    assert worker.metric("order_recovery_compensation_fen_total", kind="coupon") == coupons
+    fired = Counter(r for d in expected.values() for r in d.rule_ids)
+    for rule_id, n in fired.items():
+        assert worker.metric("order_recovery_rules_fired_total", rule_id=rule_id) == n
+    assert worker.metric("order_recovery_ready") == 1
+    assert worker.get("/healthz")[0] == 200
+    assert "order_recovery_batch_duration_seconds_bucket" in worker.metrics()
+    assert "order_recovery_consumer_lag" in worker.metrics()
+
+
+def test_redelivery_and_a_full_reconsume_change_nothing(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(500, seed=5)
+    worker = workers.start()
+    produce_events(settings, events)
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 60, "decisions")
+    produce_events(settings, events[:50])  # the same event ids again
+    wait_until(
+        lambda: worker.metric("order_recovery_events_consumed_total") == len(events) + 50,
+        60,
+        "redelivered events consumed",
+    )
+    worker.stop()
+    before = db_rows(settings.database_url, "SELECT count(*), sum(amount_fen) FROM compensations")
+
+    # A new consumer group re-reads every topic from offset 0.
+    again = workers.start(
+        name="reader-2",
+        ORDER_RECOVERY_CONSUMER_GROUP=f"{settings.consumer_group}-again",
+    )
+    wait_until(
+        lambda: again.metric("order_recovery_events_consumed_total") == len(events) + 50,
+        60,
+        "full re-consume",
+    )
+    assert again.metric("order_recovery_events_decided_total") == 0
+    assert decision_count(settings.database_url) == unique
+    assert (
+        db_rows(settings.database_url, "SELECT count(*), sum(amount_fen) FROM compensations")
+        == before
+    )
+    assert_exactly_once(settings, events)
+
+
+def test_poison_is_dead_lettered_and_its_neighbours_decided(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(200, seed=8)
+    workers.start()
+    topic = settings.source_topic("shipping-delay")
+    produce_events(settings, events[:100])
+    produce_raw(settings, topic, b"bad-1", b"{not json")
+    produce_raw(settings, topic, b"bad-2", orjson.dumps({"event_type": "shipping-delay"}))
+    unknown = dict(events[0], platform="jingdong")
+    unknown["event_id"] = "00000000-0000-4000-8000-00000000beef"
+    produce_raw(
+        settings, settings.source_topic(unknown["event_type"]), b"bad-3", orjson.dumps(unknown)
+    )
+    produce_events(settings, events[100:])
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 60, "decisions")
+    assert_exactly_once(settings, events)
+    letters = [
+        m
+        for t in settings.source_topics
+        for m in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic(t))
+    ]
+    classes = {m.key(): dict(m.headers())["dlq.error.class"] for m in letters}
+    assert classes == {
+        b"bad-1": b"malformed_json",
+        b"bad-2": b"schema_violation",
+        b"bad-3": b"unknown_platform",
+    }
+
+
+def _postgres(action: str) -> None:
+    subprocess.run([str(ROOT / "deploy/local/stack.sh"), action, "postgres"], check=True)
+
+
+def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(1500, seed=21)
+    worker = workers.start()
+    produce_events(settings, events[:500])
+    wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
+    _postgres("down")
+    try:
+        produce_events(settings, events[500:])
+        time.sleep(10)
+        assert worker.get("/readyz")[0] == 503
+        assert worker.metric("order_recovery_retries_total") > 0
+    finally:
+        _postgres("up")
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events)
+    assert worker.metric("order_recovery_dead_lettered_total") == 0
+    assert worker.metric("order_recovery_retries_total", cause="pg_unavailable") > 0
+    wait_until(lambda: worker.get("/readyz")[0] == 200, 30, "ready again")
+
+
+def test_sigkill_mid_feed_then_restart_decides_everything_once(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(4000, seed=33)
+    worker = workers.start(ORDER_RECOVERY_BATCH_SIZE="100")
+    produce_events(settings, events)
+    wait_until(lambda: decision_count(settings.database_url) > 300, 60, "some decisions")
+    worker.signal(signal.SIGKILL)
+    worker.wait_exit(10)
+    workers.start(name="worker-restarted")
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events)
+
+
+def test_two_workers_split_partitions_and_decide_each_event_once(
+    settings: Settings, workers: Workers
+) -> None:
+    events = feed(3000, seed=44)
+    first = workers.start(name="w1")
+    second = workers.start(name="w2")
+    time.sleep(3)  # let the group settle with both members
+    produce_events(settings, events)
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events)
+    consumed = [w.metric("order_recovery_events_consumed_total") for w in (first, second)]
+    assert all(n > 0 for n in consumed), f"partitions not split: {consumed}"
+    assert sum(consumed) == len(events)
+
+
+def test_sigterm_exits_within_10s_with_its_batch_committed(
+    settings: Settings, workers: Workers
+) -> None:
+    events = list({e["event_id"]: e for e in feed(3000, seed=55)}.values())  # no duplicates
+    worker = workers.start(ORDER_RECOVERY_BATCH_SIZE="200")
+    produce_events(settings, events)
+    wait_until(lambda: decision_count(settings.database_url) > 200, 60, "some decisions")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(10) == 0, worker.log()
+    assert time.monotonic() - started < 10
+    decided = decision_count(settings.database_url)
+    committed = committed_offsets(
+        settings.kafka_bootstrap_servers, settings.consumer_group, settings.source_topics
+    )
+    # Every decided event's offset is committed, and no offset past an undecided one.
+    assert sum(max(0, o) for o in committed.values()) == decided
+    # ... and nothing decided is left uncommitted: a restart decides the rest, redoing nothing.
+    restarted = workers.start(name="after-term")
+    wait_until(lambda: decision_count(settings.database_url) == len(events), 120, "the rest")
+    assert restarted.metric("order_recovery_duplicate_events_total") == 0
+    assert_exactly_once(settings, events)

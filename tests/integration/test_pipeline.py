@@ -1,0 +1,118 @@
+"""The pipeline in-process against the real Postgres and Kafka: exact effects of one batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import orjson
+import psycopg
+import pytest
+
+from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.postgres.store import PostgresStore
+from order_recovery.adapters.retry import RetryPolicy
+from order_recovery.config import Settings
+from order_recovery.domain.policy import load_policies
+from order_recovery.domain.sample import sample_events
+from order_recovery.pipeline import Pipeline, SourceRecord
+from tests.support.kafka_io import read_topic
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[Pipeline]:
+    store = PostgresStore(settings.database_url)
+    publisher = KafkaPublisher(settings.kafka_bootstrap_servers, "test")
+    yield Pipeline(
+        settings,
+        load_policies(),
+        store,
+        publisher,
+        WorkerMetrics(),
+        RetryPolicy(threading.Event()),
+    )
+    store.close()
+
+
+def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> list[SourceRecord]:
+    return [
+        SourceRecord(
+            settings.source_topic(e["event_type"]),
+            0,
+            start_offset + i,
+            e["order_id"].encode(),
+            orjson.dumps(e),
+            1_700_000_000_000,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+def _count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_batch_is_decided_persisted_and_published_once(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    events = [e for e in sample_events(200, seed=7)]
+    unique = {e["event_id"] for e in events}
+    result = pipeline.process(_records(settings, events))
+    assert result.decided == len(unique)
+    assert result.duplicates == len(events) - len(unique)
+    assert not result.dead_letters
+    assert _count(settings.database_url, "decisions") == len(unique)
+    assert _count(settings.database_url, "outbox WHERE published_at IS NULL") == 0
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    assert len(outcomes) == len(unique)
+
+    again = pipeline.process(_records(settings, events, start_offset=1000))
+    assert again.decided == 0 and again.duplicates == len(events)
+    assert _count(settings.database_url, "decisions") == len(unique)
+    assert len(read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)) == len(unique)
+
+
+def test_poison_goes_to_the_dead_letter_topic_with_headers(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    good = sample_events(3, seed=3)
+    topic = settings.source_topic("payment-timeout")
+    unknown_platform = dict(
+        good[0], platform="jingdong", event_id=good[0]["event_id"][:-4] + "ffff"
+    )
+    records = [
+        *_records(settings, good),
+        SourceRecord(topic, 1, 5, b"k1", b"\xff not json", 1_700_000_000_000, (("trace", b"t1"),)),
+        SourceRecord(topic, 1, 6, b"k2", orjson.dumps({"event_type": "payment-timeout"})),
+        SourceRecord(
+            settings.source_topic(unknown_platform["event_type"]),
+            2,
+            9,
+            b"k3",
+            orjson.dumps(unknown_platform),
+        ),
+    ]
+    result = pipeline.process(records)
+    assert result.decided == 3
+    assert [d.error_class for d in result.dead_letters] == [
+        "malformed_json",
+        "schema_violation",
+        "unknown_platform",
+    ]
+    letters = read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic(topic))
+    first = next(m for m in letters if m.key() == b"k1")
+    assert first.value() == b"\xff not json"
+    headers = dict(first.headers() or [])
+    assert headers["trace"] == b"t1"
+    assert headers["dlq.error.class"] == b"malformed_json"
+    assert headers["dlq.original.topic"] == topic.encode()
+    assert headers["dlq.original.partition"] == b"1"
+    assert headers["dlq.original.offset"] == b"5"
+    assert headers["dlq.original.timestamp"] == b"1700000000000"
+    assert headers["dlq.attempt"] == b"1"
+    assert headers["dlq.worker.id"] == settings.worker_id.encode()
+    assert headers["dlq.failed.at"] and headers["dlq.error.message"]
