@@ -49,6 +49,9 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         datadir=f"/tmp/order-recovery-faust-{settings.worker_id}",
         broker_commit_every=settings.batch_size,
+        # faust's 60 s default keeps a crashed worker's partitions unassigned for a minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
     )
