@@ -200,7 +200,7 @@ class Pipeline:
             source_topic=d.record.topic,
             source_partition=d.record.partition,
             source_offset=d.record.offset,
-            event=orjson.loads(d.record.value or b"{}"),
+            event_json=(d.record.value or b"{}").decode(),
             outcome_id=outcome_event_id(env.event_id),
             outcome_payload=self._outcome_payload(d),
             from_status=d.from_status,
@@ -222,7 +222,7 @@ class Pipeline:
         ]
         letters = [self._dead_letter_message(letter) for letter in dead]
         self._retry.call(lambda: self._publisher.publish([*letters, *outcomes]), "publish")
-        ids = [outcome_event_id(d.event.envelope.event_id) for d in decided]
+        ids = [d.row.outcome_id for d in decided if d.row is not None]
         self._retry.call(lambda: self._store.mark_published(ids), "mark outbox published")
 
     def _dead_letter_message(self, letter: DeadLetter) -> OutgoingMessage:

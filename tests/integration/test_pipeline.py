@@ -11,7 +11,7 @@ import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher
 from order_recovery.adapters.metrics import WorkerMetrics
-from order_recovery.adapters.postgres.store import PostgresStore
+from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
 from order_recovery.domain.policy import load_policies
@@ -116,3 +116,37 @@ def test_poison_goes_to_the_dead_letter_topic_with_headers(
     assert headers["dlq.attempt"] == b"1"
     assert headers["dlq.worker.id"] == settings.worker_id.encode()
     assert headers["dlq.failed.at"] and headers["dlq.error.message"]
+
+
+class StaleReadStore(PostgresStore):
+    """A second worker whose history read happened before the first worker's commit."""
+
+    def load_history(self, keys: HistoryKeys) -> StoredHistory:
+        return StoredHistory()
+
+
+def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    """Two workers can decide the same events during a rebalance; the late one's COPY fast path
+    hits the unique keys and its batch is redone on the keyed path, writing nothing twice."""
+    events = list({e["event_id"]: e for e in sample_events(50, seed=12)}.values())
+    assert pipeline.process(_records(settings, events[:30])).decided == 30
+    store = StaleReadStore(settings.database_url)
+    late = Pipeline(
+        settings,
+        load_policies(),
+        store,
+        KafkaPublisher(settings.kafka_bootstrap_servers, "late"),
+        WorkerMetrics(),
+        RetryPolicy(threading.Event()),
+    )
+    try:
+        result = late.process(_records(settings, events))
+    finally:
+        store.close()
+    assert (result.decided, result.duplicates) == (len(events) - 30, 30)
+    for table in ("decisions", "outbox", "audit_log"):
+        assert _count(settings.database_url, table) == len(events), table
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    assert len(outcomes) == len(events)

@@ -12,9 +12,17 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from order_recovery.config import Settings
 
 
-def produce_events(settings: Settings, events: Iterable[dict[str, Any]]) -> int:
+def produce_events(
+    settings: Settings, events: Iterable[dict[str, Any]], compression: str = "none"
+) -> int:
     """Each event to its type's topic, keyed by order id (per-order ordering)."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 5})
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "linger.ms": 5,
+            "compression.type": compression,
+        }
+    )
     n = 0
     for event in events:
         producer.produce(

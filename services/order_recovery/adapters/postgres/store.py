@@ -66,7 +66,7 @@ class DecisionRow:
     source_topic: str
     source_partition: int
     source_offset: int
-    event: dict[str, Any]
+    event_json: str  # the event as received (already validated JSON)
     outcome_id: str
     outcome_payload: bytes
     from_status: str | None
@@ -186,6 +186,93 @@ class PostgresStore:
     def _save(self, rows: Sequence[DecisionRow]) -> list[str]:
         conn = self._connection()
         started = time.perf_counter()
+        try:
+            self._save_by_copy(conn, rows)
+            inserted = [r.event_id for r in rows]
+        except psycopg.errors.UniqueViolation:
+            # Another worker decided some of these between our history read and now (a
+            # rebalance overlap): redo the batch on the keyed path, which skips what exists.
+            inserted = self._save_keyed(conn, rows)
+        self.last_transaction_s = time.perf_counter() - started
+        return inserted
+
+    def _save_by_copy(self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]) -> None:
+        """The fast path: the history read showed none of these exists, so COPY every row
+        straight in; a unique violation (a concurrent worker) aborts the whole transaction."""
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                """COPY decisions (event_id, order_id, exception_type, platform, merchant_id,
+                       buyer_id, category, amount_fen, occurred_at, outcome, rule_ids,
+                       risk_flags, reason, policy_version, source_topic, source_partition,
+                       source_offset, event) FROM STDIN"""
+            ) as copy:
+                for r in rows:
+                    copy.write_row(
+                        (
+                            r.event_id,
+                            r.order_id,
+                            r.exception_type,
+                            r.platform,
+                            r.merchant_id,
+                            r.buyer_id,
+                            r.category,
+                            r.amount_fen,
+                            r.occurred_at,
+                            r.outcome,
+                            r.rule_ids,
+                            r.risk_flags,
+                            r.reason,
+                            r.policy_version,
+                            r.source_topic,
+                            r.source_partition,
+                            r.source_offset,
+                            r.event_json,
+                        )
+                    )
+            with cur.copy("COPY actions (event_id, seq, action) FROM STDIN") as copy:
+                for r in rows:
+                    for i, action in enumerate(r.actions):
+                        copy.write_row((r.event_id, i, action))
+            with cur.copy(
+                """COPY compensations (order_id, exception_type, kind, amount_fen, buyer_id,
+                       event_day, event_id) FROM STDIN"""
+            ) as copy:
+                for r in rows:
+                    if r.compensation_kind is not None:
+                        copy.write_row(
+                            (
+                                r.order_id,
+                                r.exception_type,
+                                r.compensation_kind,
+                                r.compensation_fen,
+                                r.buyer_id,
+                                r.event_day,
+                                r.event_id,
+                            )
+                        )
+            with cur.copy(
+                """COPY audit_log (order_id, exception_type, event_id, from_status, to_status,
+                       detail) FROM STDIN"""
+            ) as copy:
+                for r in rows:
+                    copy.write_row(
+                        (
+                            r.order_id,
+                            r.exception_type,
+                            r.event_id,
+                            r.from_status,
+                            r.outcome,
+                            _audit_detail(r),
+                        )
+                    )
+            with cur.copy(
+                "COPY outbox (outcome_id, event_id, order_id, payload) FROM STDIN"
+            ) as copy:
+                for r in rows:
+                    copy.write_row((r.outcome_id, r.event_id, r.order_id, r.outcome_payload))
+            self._upsert_cases(conn, rows)
+
+    def _save_keyed(self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]) -> list[str]:
         with conn.transaction():
             inserted = {
                 r[0]
@@ -212,7 +299,6 @@ class PostgresStore:
             fresh = [r for r in rows if r.event_id in inserted]
             if fresh:
                 self._write_effects(conn, fresh)
-        self.last_transaction_s = time.perf_counter() - started
         return [r.event_id for r in fresh]
 
     def _write_effects(self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]) -> None:
@@ -269,34 +355,13 @@ class PostgresStore:
                             "event_id": r.event_id,
                             "from_status": r.from_status,
                             "to_status": r.outcome,
-                            "detail": {
-                                "rule_ids": r.rule_ids,
-                                "policy_version": r.policy_version,
-                                "actions": r.actions,
-                            },
+                            "detail": orjson.Fragment(_audit_detail(r)),
                         }
                         for r in rows
                     ),
                 ),
             )
-            conn.execute(
-                """INSERT INTO recovery_cases AS c (order_id, exception_type, platform,
-                       merchant_id, buyer_id, status, opened_at, updated_at, recovered_at,
-                       last_event_id)
-                   SELECT order_id, exception_type, platform, merchant_id, buyer_id, status,
-                          opened_at, now(), CASE WHEN status = 'recovered' THEN now() END,
-                          last_event_id
-                   FROM jsonb_to_recordset(%s) AS r(order_id text, exception_type text,
-                       platform text, merchant_id text, buyer_id text, status text,
-                       opened_at timestamptz, last_event_id uuid)
-                   ON CONFLICT (order_id, exception_type) DO UPDATE SET
-                       status = excluded.status,
-                       updated_at = excluded.updated_at,
-                       opened_at = least(c.opened_at, excluded.opened_at),
-                       recovered_at = coalesce(c.recovered_at, excluded.recovered_at),
-                       last_event_id = excluded.last_event_id""",
-                (_records(_case_records(rows)),),
-            )
+            self._upsert_cases(conn, rows)
             conn.execute(
                 """INSERT INTO outbox (outcome_id, event_id, order_id, payload)
                    SELECT outcome_id, event_id, order_id, decode(payload, 'base64')
@@ -316,12 +381,35 @@ class PostgresStore:
                 ),
             )
 
+    def _upsert_cases(self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow]) -> None:
+        conn.execute(
+            """INSERT INTO recovery_cases AS c (order_id, exception_type, platform,
+                   merchant_id, buyer_id, status, opened_at, updated_at, recovered_at,
+                   last_event_id)
+               SELECT order_id, exception_type, platform, merchant_id, buyer_id, status,
+                      opened_at, now(), CASE WHEN status = 'recovered' THEN now() END,
+                      last_event_id
+               FROM jsonb_to_recordset(%s) AS r(order_id text, exception_type text,
+                   platform text, merchant_id text, buyer_id text, status text,
+                   opened_at timestamptz, last_event_id uuid)
+               ON CONFLICT (order_id, exception_type) DO UPDATE SET
+                   status = excluded.status,
+                   updated_at = excluded.updated_at,
+                   opened_at = least(c.opened_at, excluded.opened_at),
+                   recovered_at = coalesce(c.recovered_at, excluded.recovered_at),
+                   last_event_id = excluded.last_event_id""",
+            (_records(_case_records(rows)),),
+        )
+
     def mark_published(self, outcome_ids: Sequence[str]) -> None:
         if not outcome_ids:
             return
         try:
             conn = self._connection()
             with conn.transaction():
+                # Losing this mark in a crash only means a resend with the same outcome id, so
+                # it need not wait for the WAL flush.
+                conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
                     "UPDATE outbox SET published_at = now()"
                     " WHERE outcome_id = ANY(%s) AND published_at IS NULL",
@@ -381,6 +469,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _audit_detail(r: DecisionRow) -> str:
+    return orjson.dumps(
+        {"rule_ids": r.rule_ids, "policy_version": r.policy_version, "actions": r.actions}
+    ).decode()
+
+
 def _decision_record(r: DecisionRow) -> dict[str, Any]:
     return {
         "event_id": r.event_id,
@@ -400,7 +494,7 @@ def _decision_record(r: DecisionRow) -> dict[str, Any]:
         "source_topic": r.source_topic,
         "source_partition": r.source_partition,
         "source_offset": r.source_offset,
-        "event": r.event,
+        "event": orjson.Fragment(r.event_json),
     }
 
 

@@ -1,0 +1,488 @@
+"""`make bench`: the worker's throughput against the floors of the same broker and database.
+
+One run, one broker, one topic set, N preloaded events (default 200,000 from the sample feed):
+  floor A  raw confluent-kafka consume, commit per batch (no processing)
+  floor B  raw consume + COPY one row per event into Postgres + commit (the I/O limit)
+  floor C  a faust agent that only counts events
+  worker   each runtime, end to end: every event decided in Postgres, every outcome published
+  latency  produce -> decision committed and outcome published, at half the measured maximum
+  scaling  two worker processes against one, same topic (6 partitions)
+Each measurement is repeated (default 3) and the medians are reported, with the ratios that matter
+(worker / floor B, faust worker / floor C) computed within the run. Machines are shared and noisy:
+quote the ratios, not a lone absolute figure.
+
+Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20), plus the usual
+KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg.conninfo import make_conninfo
+
+from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
+from order_recovery.adapters.postgres.migrations import migrate
+from order_recovery.config import Settings
+from order_recovery.domain.sample import sample_events
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PARTITIONS = 6
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- set-up
+def fresh_settings(base: Settings, tag: str) -> Settings:
+    return replace(
+        base,
+        topic_prefix=f"bench{tag}.",
+        consumer_group=f"bench{tag}",
+        topic_partitions=PARTITIONS,
+    )
+
+
+def fresh_database(admin_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(admin_url, dbname=name)
+    migrate(dsn)
+    return dsn
+
+
+def drop_database(admin_url: str, dsn: str) -> None:
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def preload(settings: Settings, events: list[dict[str, Any]]) -> None:
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+        }
+    )
+    for i, event in enumerate(events):
+        while True:
+            try:
+                producer.produce(
+                    settings.source_topic(event["event_type"]),
+                    key=event["order_id"].encode(),
+                    value=orjson.dumps(event),
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+# ---------------------------------------------------------------------------- floors
+def _consumer(settings: Settings, group: str) -> Consumer:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    consumer.subscribe(list(settings.source_topics))
+    return consumer
+
+
+def _consume_all(
+    settings: Settings, total: int, handle: Callable[[list[Any]], None], batch: int = 1000
+) -> float:
+    consumer = _consumer(settings, f"{settings.consumer_group}-{uuid.uuid4().hex[:6]}")
+    seen, first, started = 0, 0, 0.0
+    try:
+        while seen < total:
+            messages = [m for m in consumer.consume(batch, timeout=1.0) if m.error() is None]
+            if not messages:
+                continue
+            handle(messages)
+            consumer.commit(asynchronous=False, offsets=_next_offsets(messages))
+            if not started:
+                started, first = time.perf_counter(), len(messages)
+            seen += len(messages)
+        return (seen - first) / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+def _next_offsets(messages: list[Any]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(m.topic(), m.partition())] = m.offset() + 1
+    return [TopicPartition(t, p, o) for (t, p), o in last.items()]
+
+
+def floor_a(settings: Settings, total: int) -> float:
+    return _consume_all(settings, total, lambda messages: None)
+
+
+def floor_b(settings: Settings, total: int, dsn: str) -> float:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_floor (topic text, part int, off bigint, value bytea)"
+        )
+        conn.commit()
+
+        def copy_batch(messages: list[Any]) -> None:
+            with (
+                conn.cursor() as cur,
+                cur.copy("COPY bench_floor (topic, part, off, value) FROM STDIN") as copy,
+            ):
+                for m in messages:
+                    copy.write_row((m.topic(), m.partition(), m.offset(), m.value()))
+            conn.commit()
+
+        return _consume_all(settings, total, copy_batch)
+
+
+FAUST_COUNT_APP = """
+import json, os, time, faust
+N = int(os.environ["BENCH_N"])
+app = faust.App(os.environ["BENCH_GROUP"], broker="kafka://" + os.environ["BENCH_BOOTSTRAP"],
+                value_serializer="raw", store="memory://", web_enabled=False,
+                topic_disable_leader=True, consumer_auto_offset_reset="earliest",
+                datadir=os.environ["BENCH_DATADIR"])
+topic = app.topic(*os.environ["BENCH_TOPICS"].split(","), value_type=bytes)
+state = {"n": 0, "first": 0.0}
+
+@app.agent(topic)
+async def count(stream):
+    async for _ in stream:
+        state["n"] += 1
+        if state["n"] == 1:
+            state["first"] = time.perf_counter()
+        if state["n"] == N:
+            rate = (N - 1) / (time.perf_counter() - state["first"])
+            with open(os.environ["BENCH_OUT"], "w") as out:
+                json.dump({"rps": rate}, out)
+
+if __name__ == "__main__":
+    app.main()
+"""
+
+
+def floor_c(settings: Settings, total: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        app, out = Path(tmp) / "count_app.py", Path(tmp) / "result.json"
+        app.write_text(FAUST_COUNT_APP)
+        env = {
+            **os.environ,
+            "BENCH_N": str(total),
+            "BENCH_OUT": str(out),
+            "BENCH_GROUP": f"{settings.consumer_group}-count-{uuid.uuid4().hex[:6]}",
+            "BENCH_BOOTSTRAP": settings.kafka_bootstrap_servers,
+            "BENCH_TOPICS": ",".join(settings.source_topics),
+            "BENCH_DATADIR": str(Path(tmp) / "d"),
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        log_path = RESULTS / "floor_c.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, str(app), "worker", "-l", "warn"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 600
+            while not out.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"faust counting agent did not finish; see {log_path}")
+                time.sleep(0.2)
+            time.sleep(0.1)
+            return float(json.loads(out.read_text())["rps"])
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+# ---------------------------------------------------------------------------- the worker
+class WorkerRun:
+    def __init__(self, settings: Settings, dsn: str, runtime: str, name: str) -> None:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": dsn,
+            "ORDER_RECOVERY_TOPIC_PREFIX": settings.topic_prefix,
+            "ORDER_RECOVERY_CONSUMER_GROUP": settings.consumer_group,
+            "ORDER_RECOVERY_METRICS_PORT": "0",
+            "ORDER_RECOVERY_WORKER_ID": name,
+            "ORDER_RECOVERY_LOG_LEVEL": "WARNING",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "order_recovery.entrypoints.worker", "--runtime", runtime],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _progress(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM decisions),"
+            " (SELECT count(*) FROM outbox WHERE published_at IS NULL)"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def worker_rate(
+    settings: Settings, dsn: str, runtime: str, decisions: int, processes: int = 1
+) -> tuple[float, float]:
+    """Decisions per second from the first decision to the last one committed with every outcome
+    published; and the largest peak RSS of the worker processes."""
+    runs = [WorkerRun(settings, dsn, runtime, f"bench-{runtime}-{i}") for i in range(processes)]
+    try:
+        first_at, first_n = 0.0, 0
+        deadline = time.monotonic() + 900
+        while True:
+            done, unpublished = _progress(dsn)
+            now = time.perf_counter()
+            if done and not first_at:
+                first_at, first_n = now, done
+            if done >= decisions and unpublished == 0:
+                break
+            if time.monotonic() > deadline or any(r.proc.poll() is not None for r in runs):
+                raise RuntimeError(f"{runtime} worker stopped or stalled at {done}/{decisions}")
+            time.sleep(0.05)
+        rss = max(r.peak_rss_mb() for r in runs)
+        return (done - first_n) / (now - first_at), rss
+    finally:
+        for r in runs:
+            r.stop()
+
+
+def latency(
+    base: Settings, admin_url: str, runtime: str, rate: float, seconds: float
+) -> tuple[float, float]:
+    """p50/p99 ms from the producer's timestamp to the outbox row marked published (which comes
+    after the decision's commit), at a fixed offered load."""
+    settings = fresh_settings(base, f"lat{uuid.uuid4().hex[:6]}")
+    ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
+    dsn = fresh_database(admin_url)
+    run = WorkerRun(settings, dsn, runtime, "bench-latency")
+    try:
+        time.sleep(5)  # joined and assigned before the clock starts
+        events = sample_events(int(rate * seconds), seed=99, duplicate_pct=0)
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 0})
+        started = time.perf_counter()
+        for i, event in enumerate(events):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            producer.produce(
+                settings.source_topic(event["event_type"]),
+                key=event["order_id"].encode(),
+                value=orjson.dumps(event),
+            )
+            producer.poll(0)
+        producer.flush(30)
+        deadline = time.monotonic() + 120
+        while _progress(dsn) != (len(events), 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError("latency run did not drain")
+            time.sleep(0.2)
+        produced_at = _produce_timestamps(settings)
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                """SELECT d.source_topic, d.source_partition, d.source_offset,
+                          extract(epoch FROM o.published_at) * 1000
+                   FROM decisions d JOIN outbox o USING (event_id)"""
+            ).fetchall()
+        latencies = sorted(float(ms) - produced_at[(t, p, off)] for t, p, off, ms in rows)
+        return _percentile(latencies, 50), _percentile(latencies, 99)
+    finally:
+        run.stop()
+        drop_database(admin_url, dsn)
+        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
+
+
+def _produce_timestamps(settings: Settings) -> dict[tuple[str, int, int], float]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": "bench-ts",
+            "enable.auto.commit": False,
+        }
+    )
+    out: dict[tuple[str, int, int], float] = {}
+    try:
+        for topic in settings.source_topics:
+            for p in range(PARTITIONS):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high <= low:
+                    continue
+                consumer.assign([TopicPartition(topic, p, low)])
+                while True:
+                    msgs = consumer.consume(1000, timeout=2)
+                    for m in msgs:
+                        out[(topic, p, m.offset())] = float(m.timestamp()[1])
+                    if not msgs or msgs[-1].offset() + 1 >= high:
+                        break
+    finally:
+        consumer.close()
+    return out
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, round(pct / 100 * (len(values) - 1)))
+    return values[index]
+
+
+# ---------------------------------------------------------------------------- main
+def main() -> int:
+    total = int(os.environ.get("BENCH_EVENTS", "200000"))
+    repeat = int(os.environ.get("BENCH_REPEAT", "3"))
+    latency_s = float(os.environ.get("BENCH_LATENCY_S", "20"))
+    base = Settings.from_env()
+    admin_url = base.database_url
+    tag = uuid.uuid4().hex[:6]
+    settings = fresh_settings(base, tag)
+    ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
+    events = sample_events(total, seed=2026)
+    decisions = len({e["event_id"] for e in events})
+    log(f"preloading {total} events ({decisions} distinct) into {settings.topic_prefix}*")
+    preload(settings, events)
+
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "floor_a_rps",
+            "floor_b_rps",
+            "floor_c_rps",
+            "worker_confluent_rps",
+            "worker_faust_rps",
+            "two_workers_rps",
+            "worker_peak_rss_mb",
+        )
+    }
+    try:
+        for rep in range(1, repeat + 1):
+            log(f"repetition {rep}/{repeat}")
+            samples["floor_a_rps"].append(floor_a(settings, total))
+            dsn = fresh_database(admin_url)
+            samples["floor_b_rps"].append(floor_b(settings, total, dsn))
+            drop_database(admin_url, dsn)
+            samples["floor_c_rps"].append(floor_c(settings, total))
+            for runtime in ("confluent", "faust"):
+                dsn = fresh_database(admin_url)
+                group = replace(
+                    settings, consumer_group=f"{settings.consumer_group}-{runtime}{rep}"
+                )
+                rate, rss = worker_rate(group, dsn, runtime, decisions)
+                samples[f"worker_{runtime}_rps"].append(rate)
+                samples["worker_peak_rss_mb"].append(rss)
+                drop_database(admin_url, dsn)
+            dsn = fresh_database(admin_url)
+            group = replace(settings, consumer_group=f"{settings.consumer_group}-two{rep}")
+            two, rss = worker_rate(group, dsn, "confluent", decisions, processes=2)
+            samples["two_workers_rps"].append(two)
+            samples["worker_peak_rss_mb"].append(rss)
+            drop_database(admin_url, dsn)
+            log("  " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in samples.items() if v))
+    finally:
+        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
+
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    med["worker_peak_rss_mb"] = max(samples["worker_peak_rss_mb"])  # a ceiling, not a median
+    best = max(med["worker_confluent_rps"], med["worker_faust_rps"])
+    best_runtime = (
+        "confluent" if med["worker_confluent_rps"] >= med["worker_faust_rps"] else "faust"
+    )
+    log(f"latency at {best / 2:.0f} events/s (half of {best_runtime}'s maximum)")
+    p50s, p99s = zip(
+        *(latency(base, admin_url, best_runtime, best / 2, latency_s) for _ in range(repeat)),
+        strict=True,
+    )
+    result = {
+        "events": total,
+        "distinct_events": decisions,
+        "repetitions": repeat,
+        **{k: round(v, 1) for k, v in med.items()},
+        "worker_confluent_over_floor_b": round(med["worker_confluent_rps"] / med["floor_b_rps"], 3),
+        "worker_faust_over_floor_c": round(med["worker_faust_rps"] / med["floor_c_rps"], 3),
+        "two_workers_ratio": round(med["two_workers_rps"] / med["worker_confluent_rps"], 3),
+        "latency_runtime": best_runtime,
+        "latency_offered_rps": round(best / 2, 1),
+        "p50_latency_ms": round(statistics.median(p50s), 1),
+        "p99_latency_ms": round(statistics.median(p99s), 1),
+        "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    rows = [
+        ("floor A: raw consume + commit per batch", f"{r['floor_a_rps']:>10,.0f} /s"),
+        ("floor B: consume + COPY + commit", f"{r['floor_b_rps']:>10,.0f} /s"),
+        ("floor C: faust agent that counts", f"{r['floor_c_rps']:>10,.0f} /s"),
+        ("worker, confluent runtime", f"{r['worker_confluent_rps']:>10,.0f} /s"),
+        ("worker, faust runtime", f"{r['worker_faust_rps']:>10,.0f} /s"),
+        ("two confluent workers", f"{r['two_workers_rps']:>10,.0f} /s"),
+        ("confluent worker / floor B", f"{r['worker_confluent_over_floor_b']:>10.1%}"),
+        ("faust worker / floor C", f"{r['worker_faust_over_floor_c']:>10.1%}"),
+        ("two workers / one", f"{r['two_workers_ratio']:>10.2f}x"),
+        (
+            f"p50 latency at {r['latency_offered_rps']:,.0f}/s ({r['latency_runtime']})",
+            f"{r['p50_latency_ms']:>10.1f} ms",
+        ),
+        ("p99 latency", f"{r['p99_latency_ms']:>10.1f} ms"),
+        ("worker peak RSS", f"{r['worker_peak_rss_mb']:>10.1f} MB"),
+    ]
+    width = max(len(a) for a, _ in rows)
+    print(f"order-recovery benchmark: {r['events']:,} events, medians of {r['repetitions']}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
