@@ -45,3 +45,10 @@ def test_environment_overrides() -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_runtime_defaults_to_confluent_and_rejects_unknown_names() -> None:
+    assert Settings.from_env({}).runtime == "confluent"
+    assert Settings.from_env({"ORDER_RECOVERY_RUNTIME": "faust"}).runtime == "faust"
+    with pytest.raises(ConfigError, match="ORDER_RECOVERY_RUNTIME"):
+        Settings.from_env({"ORDER_RECOVERY_RUNTIME": "kafka-streams"})

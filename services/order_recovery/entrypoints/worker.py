@@ -17,9 +17,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runtime",
-        choices=["faust", "confluent"],
+        choices=["confluent", "faust"],
         default=None,
-        help="consumer runtime (default: ORDER_RECOVERY_RUNTIME, else faust)",
+        help="consumer runtime (default: ORDER_RECOVERY_RUNTIME, else confluent)",
     )
     args = parser.parse_args(argv)
     try:
