@@ -222,7 +222,7 @@ class Pipeline:
         ]
         letters = [self._dead_letter_message(letter) for letter in dead]
         self._retry.call(lambda: self._publisher.publish([*letters, *outcomes]), "publish")
-        ids = [d.row.outcome_id for d in decided if d.row is not None]
+        ids = [d.event.envelope.event_id for d in decided]
         self._retry.call(lambda: self._store.mark_published(ids), "mark outbox published")
 
     def _dead_letter_message(self, letter: DeadLetter) -> OutgoingMessage:

@@ -111,7 +111,7 @@ class Worker:
                     for r in rows
                 ]
             )
-            store.mark_published([r.outcome_id for r in rows])
+            store.mark_published([r.event_id for r in rows])
             self.metrics.outcomes_published.inc(len(rows))
             log.info("outbox relay published %d outcome(s) left behind", len(rows))
         self.metrics.outbox_backlog.set(store.outbox_backlog())

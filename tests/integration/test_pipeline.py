@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator
 
 import orjson
@@ -17,6 +18,7 @@ from order_recovery.config import Settings
 from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import Pipeline, SourceRecord
+from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 
 
@@ -150,3 +152,31 @@ def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
         assert _count(settings.database_url, table) == len(events), table
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(events)
+
+
+def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_ids(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    events = list({e["event_id"]: e for e in sample_events(20, seed=4)}.values())
+    pipeline.process(_records(settings, events))
+    with psycopg.connect(settings.database_url) as conn:
+        # A crash after the Postgres commit, before the outcomes were marked published.
+        left = conn.execute(
+            """UPDATE outbox SET published_at = NULL, created_at = now() - interval '1 minute'
+               WHERE event_id IN (SELECT event_id FROM outbox LIMIT 3) RETURNING outcome_id"""
+        ).fetchall()
+    worker = Worker(settings, runtime="test")
+    store = PostgresStore(settings.database_url)
+    try:
+        assert worker.relay_once(store) == 3
+        assert worker.relay_once(store) == 0  # marked: a second pass sends nothing
+        assert worker.metrics.outbox_backlog._value.get() == 0
+    finally:
+        store.close()
+        worker.close()
+    ids = Counter(
+        orjson.loads(m.value())["event_id"]
+        for m in read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    )
+    assert {i for i, n in ids.items() if n == 2} == {row[0] for row in left}
+    assert len(ids) == len(events)

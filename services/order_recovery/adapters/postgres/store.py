@@ -74,6 +74,7 @@ class DecisionRow:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
+    event_id: str
     outcome_id: str
     order_id: str
     payload: bytes
@@ -401,8 +402,8 @@ class PostgresStore:
             (_records(_case_records(rows)),),
         )
 
-    def mark_published(self, outcome_ids: Sequence[str]) -> None:
-        if not outcome_ids:
+    def mark_published(self, event_ids: Sequence[str]) -> None:
+        if not event_ids:
             return
         try:
             conn = self._connection()
@@ -412,8 +413,8 @@ class PostgresStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
                     "UPDATE outbox SET published_at = now()"
-                    " WHERE outcome_id = ANY(%s) AND published_at IS NULL",
-                    (list(outcome_ids),),
+                    " WHERE event_id = ANY(%s::uuid[]) AND published_at IS NULL",
+                    (list(event_ids),),
                 )
         except psycopg.Error:
             self.reset()
@@ -426,13 +427,13 @@ class PostgresStore:
             conn = self._connection()
             with conn.transaction():
                 found = conn.execute(
-                    """SELECT outcome_id, order_id, payload FROM outbox
+                    """SELECT event_id::text, outcome_id, order_id, payload FROM outbox
                        WHERE published_at IS NULL
                          AND created_at < now() - make_interval(secs => %s)
                        ORDER BY created_at LIMIT %s""",
                     (older_than_s, limit),
                 ).fetchall()
-            return [OutboxRow(o, k, bytes(p)) for o, k, p in found]
+            return [OutboxRow(e, o, k, bytes(p)) for e, o, k, p in found]
         except psycopg.Error:
             self.reset()
             raise
