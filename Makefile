@@ -9,18 +9,20 @@ STACK := deploy/local/stack.sh
 
 export LOCAL_KAFKA_PORT ?= 19092
 export LOCAL_PG_PORT ?= 55432
+export LOCAL_PROMETHEUS_PORT ?= 19090
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
 export DATABASE_URL ?= postgresql://recovery@127.0.0.1:$(LOCAL_PG_PORT)/order_recovery
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test lint bench clean
+.PHONY: help venv up down status run test lint bench clean dashboard-png
 
 help:
-	@echo "make run     start Kafka + Postgres, create topics, migrate, run the worker (Ctrl-C stops it)"
+	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate, run the worker (Ctrl-C stops it)"
 	@echo "make test    start what the tests need, run pytest, stop what it started"
 	@echo "make up | down | status   the local services only"
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
+	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
 
 $(VENV)/.installed: pyproject.toml
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -44,7 +46,8 @@ SAMPLE_RATE ?= 20
 run: venv up
 	$(BIN)/recoveryctl topics create
 	$(BIN)/recoveryctl db migrate
-	@echo "worker starting; Ctrl-C stops it, 'make down' stops Kafka and Postgres"
+	@echo "worker starting; Ctrl-C stops it, 'make down' stops Kafka, Postgres and Prometheus"
+	@echo "recovery rate: http://127.0.0.1:$(LOCAL_PROMETHEUS_PORT)/classic/graph?g0.expr=platform%3Aorder_recovery_recovered%3Aratio_rate5m&g0.tab=0&g0.range_input=15m&g1.expr=event_type%3Aorder_recovery_recovered%3Aratio_rate5m&g1.tab=0&g1.range_input=15m"
 	@if [ "$(SAMPLE_RATE)" != 0 ]; then \
 	  echo "sample feed: $(SAMPLE_RATE) events/s (log .local/logs/sample-feed.log)"; \
 	  $(BIN)/recoveryctl produce-sample --count 0 --rate $(SAMPLE_RATE) \
@@ -63,8 +66,20 @@ lint: venv
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
 
+# Throughput and latency against the raw floors of the same broker and database (see bench/run.py;
+# BENCH_EVENTS, BENCH_REPEAT, BENCH_LATENCY_S). Starts the stack if needed; leaves it up.
 bench: venv
-	@echo "make bench: the benchmark arrives with issue #9 (throughput); nothing is measured yet" >&2
+	@$(STACK) up kafka postgres
+	$(BIN)/python bench/run.py
+	$(BIN)/python bench/contract.py
+
+# The recovery-rate PNG of docs/observability.md: the real worker and a Prometheus of its own, fed a
+# known mix (about two minutes). Starts the services it needs and stops only those it started.
+dashboard-png: venv
+	@started=$$(mktemp); \
+	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
+	$(STACK) up --record "$$started" kafka postgres prometheus && \
+	$(BIN)/python deploy/prometheus/render_recovery_rate.py --out docs/img/recovery-rate.png
 
 clean: down
-	rm -rf .local/kafka/data .local/pg .local/pgsock .local/logs
+	rm -rf .local/kafka/data .local/pg .local/pgsock .local/prometheus .local/logs

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded local stack: a single-node KRaft Kafka broker (jars from Maven Central) and a
-# PostgreSQL cluster (Debian's binaries), both started as plain processes under .local/.
+# The embedded local stack: a single-node KRaft Kafka broker (jars from Maven Central), a
+# PostgreSQL cluster (Debian's binaries) and a Prometheus server (Debian's `prometheus` package)
+# scraping the worker with the rules of deploy/prometheus/, all started as plain processes under .local/.
 #
 #   stack.sh up [--record FILE] [SERVICE...]   start (idempotent); --record lists what this call started
 #   stack.sh down [--from FILE] [SERVICE...]   stop (idempotent); --from stops only what FILE lists
@@ -19,13 +20,17 @@ PG_PORT=${LOCAL_PG_PORT:-55432}
 PG_USER=${LOCAL_PG_USER:-recovery}
 PG_DB=${LOCAL_PG_DB:-order_recovery}
 READY_TIMEOUT=${LOCAL_READY_TIMEOUT:-90}
-ALL_SERVICES=(kafka postgres)
+PROM_PORT=${LOCAL_PROMETHEUS_PORT:-19090}
+WORKER_METRICS_PORT=${ORDER_RECOVERY_METRICS_PORT:-9464}
+ALL_SERVICES=(kafka postgres prometheus)
 
 KAFKA_DIR=$LOCAL/kafka
 KAFKA_LIBS=$KAFKA_DIR/libs
 KAFKA_PID=$KAFKA_DIR/kafka.pid
 PG_DATA=$LOCAL/pg
 PG_SOCK=$LOCAL/pgsock
+PROM_DIR=$LOCAL/prometheus
+PROM_PID=$PROM_DIR/prometheus.pid
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "stack: $*"; exit 1; }
@@ -224,8 +229,77 @@ pg_status() {
   else echo "postgres  down"; fi
 }
 
+# ---------------------------------------------------------------- prometheus
+# The binaries: `prometheus` and `promtool` on PATH, else (as root on Debian) the `prometheus`
+# package, installed the way postgres is. Debian's package does not start its own service here
+# (policy-rc.d / no init); we only use its binaries.
+prom_bin() {
+  if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+    command -v prometheus; return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "stack: installing Debian's prometheus package (log: $LOGS/apt-prometheus.log)"
+    { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; } \
+      >"$LOGS/apt-prometheus.log" 2>&1 || die "apt-get install prometheus failed; see $LOGS/apt-prometheus.log"
+    command -v prometheus >/dev/null || die "prometheus still not on PATH after the install; see $LOGS/apt-prometheus.log"
+    command -v prometheus; return
+  fi
+  die "prometheus not found: install the 'prometheus' package (Debian/Ubuntu) or put the prometheus and promtool binaries on PATH"
+}
+
+# deploy/prometheus/prometheus.yml with the worker's port and the rules' absolute path.
+prom_render_config() {
+  mkdir -p "$PROM_DIR/data"
+  sed -e "s|127\.0\.0\.1:9464|127.0.0.1:$WORKER_METRICS_PORT|g" \
+    -e "s|- rules/|- $ROOT/deploy/prometheus/rules/|g" \
+    "$ROOT/deploy/prometheus/prometheus.yml" >"$PROM_DIR/prometheus.yml"
+}
+
+prom_ready() { port_open "$PROM_PORT" && grep -q "Server is ready to receive web requests" "$LOGS/prometheus.log" 2>/dev/null; }
+
+prometheus_up() {
+  local bin; bin=$(prom_bin)
+  if pid_alive "$(read_pid "$PROM_PID")"; then say "stack: prometheus already up"; return 0; fi
+  rm -f "$PROM_PID"
+  if port_open "$PROM_PORT"; then
+    die "port $PROM_PORT is taken by another process; stop it or set LOCAL_PROMETHEUS_PORT"
+  fi
+  prom_render_config
+  "$(dirname "$bin")/promtool" check config "$PROM_DIR/prometheus.yml" >"$LOGS/promtool.log" 2>&1 \
+    || { cat "$LOGS/promtool.log" >&2; die "the Prometheus config or rules do not check; see $LOGS/promtool.log"; }
+  : >"$LOGS/prometheus.log"
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PROM_PID" \
+    "$bin" --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
+    --storage.tsdb.retention.time=7d --web.listen-address="127.0.0.1:$PROM_PORT" \
+    --web.enable-lifecycle \
+    >>"$LOGS/prometheus.log" 2>&1 </dev/null &
+  local waited=0
+  until [ -s "$PROM_PID" ] || [ $waited -ge 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+  wait_for prometheus "$LOGS/prometheus.log" "$PROM_PID" prom_ready
+  STARTED=1
+  say "stack: prometheus up on http://127.0.0.1:$PROM_PORT scraping 127.0.0.1:$WORKER_METRICS_PORT (pid $(read_pid "$PROM_PID"), log $LOGS/prometheus.log)"
+}
+
+prometheus_down() {
+  local pid; pid=$(read_pid "$PROM_PID")
+  if pid_alive "$pid"; then
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    pid_alive "$pid" && kill -KILL "$pid"
+    say "stack: prometheus stopped"
+  fi
+  rm -f "$PROM_PID"
+}
+
+prometheus_status() {
+  local pid; pid=$(read_pid "$PROM_PID")
+  if pid_alive "$pid"; then echo "prometheus up    pid $pid  http://127.0.0.1:$PROM_PORT  log $LOGS/prometheus.log"
+  else echo "prometheus down"; fi
+}
+
 # ---------------------------------------------------------------- dispatch
-service_fn() { case $1 in kafka) echo kafka ;; postgres) echo pg ;; *) die "unknown service '$1'" ;; esac; }
+service_fn() { case $1 in kafka) echo kafka ;; postgres) echo pg ;; prometheus) echo prometheus ;; *) die "unknown service '$1'" ;; esac; }
 
 main() {
   mkdir -p "$LOGS" "$KAFKA_DIR"

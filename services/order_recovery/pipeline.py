@@ -32,7 +32,13 @@ from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.decision import Decision, Outcome
-from order_recovery.domain.errors import InvalidEvent
+from order_recovery.domain.errors import (
+    InvalidEvent,
+    MalformedJson,
+    SchemaViolation,
+    UnknownEventType,
+    UnknownPlatform,
+)
 from order_recovery.domain.events import Event
 from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.outcome import outcome_event, outcome_event_id
@@ -43,6 +49,10 @@ log = logging.getLogger(__name__)
 
 DLQ_HEADER_PREFIX = "dlq."
 REPLAY_ATTEMPT_HEADER = "dlq.attempt"
+RULE_ERROR = "rule_error"
+DEAD_LETTER_REASONS = tuple(
+    cls.error_class for cls in (MalformedJson, SchemaViolation, UnknownEventType, UnknownPlatform)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +167,7 @@ class Pipeline:
                 decision = decide(event, history, policy)
             except Exception as exc:  # a rule that raises is this event's fault, not the batch's
                 log.exception("rule failed for event %s", env.event_id)
-                failures.append(DeadLetter(record, "rule_error", f"{type(exc).__name__}: {exc}"))
+                failures.append(DeadLetter(record, RULE_ERROR, f"{type(exc).__name__}: {exc}"))
                 continue
             case_key = (env.order_id, str(env.event_type))
             d = _Decided(record, event, decision, stored.case_status.get(case_key))

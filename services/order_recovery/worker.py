@@ -10,10 +10,11 @@ from order_recovery.adapters.http_server import HealthServer
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.store import PostgresStore
-from order_recovery.adapters.retry import RetryPolicy, transient_cause
-from order_recovery.config import Settings
+from order_recovery.adapters.retry import TRANSIENT_CAUSES, RetryPolicy, transient_cause
+from order_recovery.config import EXCEPTION_TYPES, Settings
+from order_recovery.domain.decision import Outcome
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import Pipeline
+from order_recovery.pipeline import DEAD_LETTER_REASONS, RULE_ERROR, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,13 @@ class Worker:
         self.retry = RetryPolicy(self.stop, self._on_retry, self._on_recovered)
         self.pipeline = Pipeline(
             settings, self.policies, self.store, self.publisher, self.metrics, self.retry
+        )
+        self.metrics.initialise(
+            EXCEPTION_TYPES,
+            self.policies,
+            [str(o) for o in Outcome],
+            [*DEAD_LETTER_REASONS, RULE_ERROR],
+            TRANSIENT_CAUSES,
         )
         versions = ",".join(f"{k}={p.version}" for k, p in sorted(self.policies.items()))
         self.metrics.info.labels(runtime, versions).set(1)

@@ -265,6 +265,7 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
         time.sleep(10)
         assert worker.get("/readyz")[0] == 503
         assert worker.metric("order_recovery_retries_total") > 0
+        assert worker.metric("order_recovery_consumer_lag") > 0, "a stall must show as lag"
     finally:
         _postgres("up")
     unique = len({e["event_id"] for e in events})

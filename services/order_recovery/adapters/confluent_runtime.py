@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -32,6 +33,7 @@ from order_recovery.worker import Worker
 log = logging.getLogger(__name__)
 
 EXIT_BUG = 70
+LAG_REFRESH_S = 5.0
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
@@ -71,6 +73,8 @@ class ConfluentRuntime:
         self.stopping = threading.Event()
         self.consumer = Consumer(consumer_config(settings), logger=log)
         self._assigned: set[tuple[str, int]] = set()
+        self._committed: dict[tuple[str, int], int] = {}
+        self._lag_refreshed = 0.0
         self._paused = False
         worker.retry.on_wait = self._keep_membership
 
@@ -94,6 +98,7 @@ class ConfluentRuntime:
         if assignment and not self._paused:
             self.consumer.pause(assignment)
             self._paused = True
+        self._refresh_lag()
         msg = self.consumer.poll(0)
         if msg is not None and msg.error() is None:
             # Paused partitions deliver nothing new; anything here was already buffered and will
@@ -121,6 +126,7 @@ class ConfluentRuntime:
                     self.settings.batch_size, timeout=self.settings.batch_timeout_s
                 )
                 records = [_record(m) for m in messages if self._usable(m)]
+                self._refresh_lag()
                 if not records:
                     continue
                 try:
@@ -162,11 +168,25 @@ class ConfluentRuntime:
                 # Revoked between the check and the commit: the new owner re-reads and dedups.
                 log.warning("commit of %d partition(s) failed: %s", len(offsets), exc)
         for tp in offsets:
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high is not None and high >= 0:
-                self.worker.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - tp.offset)
-                )
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        self._refresh_lag(force=True)
+
+    def _refresh_lag(self, force: bool = False) -> None:
+        """Lag per assigned partition (high watermark - our committed offset), at most every
+        few seconds, also while a batch waits out an outage: a stalled worker shows lag growing
+        instead of a frozen gauge."""
+        now = time.monotonic()
+        if not force and now - self._lag_refreshed < LAG_REFRESH_S:
+            return
+        self._lag_refreshed = now
+        for topic, partition in sorted(self._assigned):
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+            if high is None or high < 0:
+                continue
+            done = self._committed.get((topic, partition), max(low, 0))
+            self.worker.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - done))
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM/SIGINT: stop fetching, finish (or give up retrying) the batch in hand."""

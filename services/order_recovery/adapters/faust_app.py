@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from order_recovery.config import Settings
 from order_recovery.pipeline import BatchResult, SourceRecord
@@ -28,6 +27,7 @@ from order_recovery.worker import Worker
 log = logging.getLogger(__name__)
 
 EXIT_BUG = 70
+LAG_REFRESH_S = 5.0
 
 
 def broker_urls(bootstrap: str) -> list[str]:
@@ -99,18 +99,28 @@ def run(settings: Settings) -> int:
             logging.shutdown()
             os._exit(EXIT_BUG)
 
+    processed: dict[tuple[str, int], int] = {}
+
     @app.agent(source, concurrency=1)
     async def recover(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
             result = await process_batch([_record(e) for e in events])
-            for (topic, partition), next_offset in result.commit_offsets.items():
-                highwater = app.consumer.highwater(TP(topic, partition))
-                if highwater is not None:
-                    worker.metrics.consumer_lag.labels(topic, str(partition)).set(
-                        max(0, highwater - next_offset)
-                    )
+            processed.update(result.commit_offsets)
+
+    @app.timer(LAG_REFRESH_S)
+    async def refresh_lag() -> None:
+        """On the event loop, which stays free while a batch waits in the executor: a stalled
+        worker shows its lag growing instead of a frozen gauge."""
+        for tp in app.consumer.assignment():
+            highwater = app.consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = processed.get((tp.topic, tp.partition), 0)
+            worker.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - done)
+            )
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:

@@ -5,6 +5,8 @@ event types, outcomes, actions and rule ids."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # `_created` series double the exposition and no dashboard of ours reads them.
@@ -112,3 +114,27 @@ class WorkerMetrics:
             ["runtime", "policy_versions"],
             registry=r,
         )
+
+    def initialise(
+        self,
+        event_types: Iterable[str],
+        platforms: Iterable[str],
+        outcomes: Iterable[str],
+        dead_letter_reasons: Iterable[str],
+        retry_causes: Iterable[str],
+    ) -> None:
+        """Create the label series at 0 before the first event: `rate()` ignores a counter's
+        first sample, so a series born at its first increment would hide that increment (the
+        first dead letter of a reason after a restart, say) from every rule and alert."""
+        event_types, platforms = list(event_types), list(platforms)
+        for event_type in event_types:
+            self.consumed.labels(event_type)
+            self.duplicates.labels(event_type)
+            for platform in platforms:
+                self.time_to_recovery.labels(event_type, platform)
+                for outcome in outcomes:
+                    self.decided.labels(event_type, platform, outcome)
+        for reason in dead_letter_reasons:
+            self.dead_lettered.labels(reason)
+        for cause in retry_causes:
+            self.retries.labels(cause)

@@ -28,6 +28,9 @@ class PublishFailed(RuntimeError):
     """Kafka did not acknowledge every message in time (broker down or slow); safe to retry."""
 
 
+TRANSIENT_CAUSES = ("pg_unavailable", "pg_serialization", "pg_deadlock", "kafka_publish")
+
+
 def transient_cause(exc: BaseException) -> str | None:
     """A short label for a fault worth retrying, or None for anything else (a bug, bad data)."""
     if isinstance(exc, psycopg.errors.SerializationFailure):

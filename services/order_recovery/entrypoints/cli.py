@@ -1,11 +1,17 @@
-"""`recoveryctl`: the operator's tool. Exit codes: 0 ok, 1 problem found, 2 usage or connection
-error (one line on stderr, no traceback)."""
+"""`recoveryctl`: the operator's tool. Exit codes: 0 ok, 1 problem found (a reconciliation
+mismatch, a missed target, an unknown order, an invalid policy), 2 usage or connection error (one
+line on stderr, no traceback), 130 interrupted (Ctrl-C). Parsing and dispatch only: the work is in
+`order_recovery.ops`."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict
+from pathlib import Path
 
 import psycopg
 from confluent_kafka import KafkaException
@@ -13,8 +19,28 @@ from confluent_kafka import KafkaException
 from order_recovery.adapters.kafka_admin import KafkaUnavailable, ensure_project_topics
 from order_recovery.adapters.postgres.migrations import MigrationError, migrate
 from order_recovery.config import ConfigError, Settings
-
-EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+from order_recovery.domain.errors import PolicyError
+from order_recovery.domain.policy import load_policies
+from order_recovery.ops import views
+from order_recovery.ops.cases import timeline
+from order_recovery.ops.db import connect
+from order_recovery.ops.dlq import LetterFilter, dlq_topics, read_letters, resolve_topic, summarise
+from order_recovery.ops.output import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    Advance,
+    UsageError,
+    console,
+    print_json,
+    progress,
+)
+from order_recovery.ops.reconcile import decided_on, read_ledger, reconcile
+from order_recovery.ops.replay import check_replay_id, new_replay_id, replay
+from order_recovery.ops.simulate import load, simulate
+from order_recovery.ops.stats import GROUPINGS, TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, figures
+from order_recovery.ops.when import parse_day, parse_when
 
 
 def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -51,6 +77,163 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _policy_check(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        policies = load_policies(args.dir)
+    except PolicyError as exc:
+        print(f"recoveryctl: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        print_json({p: {"version": pol.version} for p, pol in sorted(policies.items())})
+    else:
+        for platform, policy in sorted(policies.items()):
+            print(f"{platform:12} {policy.version}")
+        print(f"{len(policies)} policy file(s) in {args.dir} are valid")
+    return EXIT_OK
+
+
+def _filter(args: argparse.Namespace, settings: Settings) -> LetterFilter:
+    return LetterFilter(
+        topic=resolve_topic(settings, args.topic),
+        error_class=args.error_class,
+        order_id=args.order_id,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def _reading(n: int) -> AbstractContextManager[Advance]:
+    return progress("reading dead letters", n)
+
+
+def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    topics = dlq_topics(settings)
+    summaries = summarise(topics, read_letters(settings, topics, _reading))
+    if args.json:
+        print_json([asdict(s) for s in summaries])
+    else:
+        views.dlq_list(console(), summaries)
+    return EXIT_OK
+
+
+def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
+    filt = _filter(args, settings)
+    topics = [filt.topic] if filt.topic else dlq_topics(settings)
+    matching = [x for x in read_letters(settings, topics, _reading) if filt.matches(x)]
+    shown = matching[: args.limit]
+    if args.json:
+        print_json({"matched": len(matching), "records": [x.to_json() for x in shown]})
+    else:
+        views.dlq_show(console(), shown, len(matching))
+    return EXIT_OK
+
+
+def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    filt = _filter(args, settings)
+    replay_id = check_replay_id(args.replay_id or new_replay_id())
+    if not args.dry_run and args.replay_id is None:
+        print(f"replay id {replay_id} (resume with --replay-id {replay_id})", file=sys.stderr)
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: stop now, the open transaction is aborted
+            raise KeyboardInterrupt
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = replay(
+            settings,
+            replay_id,
+            filt,
+            dry_run=args.dry_run,
+            rate=args.rate,
+            limit=args.limit,
+            stop=lambda: interrupted,
+            progress=lambda n: progress("replaying" if not args.dry_run else "scanning", n),
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        views.replay(console(), result)
+    if result.interrupted:
+        print(
+            f"recoveryctl: interrupted after sending {result.sent}; run again with "
+            f"--replay-id {replay_id} and the same filters to continue",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _case_show(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_url) as conn:
+        entries = timeline(conn, args.order_id)
+    if not entries:
+        print(f"recoveryctl: no decisions for order {args.order_id}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.json:
+        print_json({"order_id": args.order_id, "timeline": [e.to_json() for e in entries]})
+    else:
+        views.case(console(), args.order_id, entries)
+    return EXIT_OK
+
+
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_url) as conn:
+        total, groups = figures(conn, args.since, args.until, args.by)
+    if args.json:
+        print_json(
+            {
+                "since": args.since,
+                "until": args.until,
+                "targets": {
+                    "recovery_rate": TARGET_RECOVERY_RATE,
+                    "mean_time_to_recovery_s": TARGET_MEAN_TTR_S,
+                },
+                "total": total.to_json(),
+                "groups": [g.to_json() for g in groups],
+            }
+        )
+    else:
+        views.stats(console(), total, groups, args.by)
+    return EXIT_PROBLEM if False in (total.rate_ok, total.ttr_ok) else EXIT_OK
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    ledger = read_ledger(args.ledger) if args.ledger else None
+    with connect(settings.database_url) as conn:
+        result = reconcile(decided_on(conn, args.date), args.date, ledger)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        views.reconciliation(console(), result)
+    return EXIT_OK if result.clean else EXIT_PROBLEM
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    policies = load_policies(args.policy)  # PolicyError: a usage error here (exit 2)
+    with connect(settings.database_url) as conn:
+        stored = load(conn, args.since, args.until)
+    with progress("re-deciding", len(stored)) as advance:
+        result = simulate(stored, policies, advance)
+    if args.json:
+        print_json(result.to_json())
+    else:
+        views.simulation(console(), result, args.show)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recoveryctl",
@@ -82,7 +265,124 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--seed", type=int, default=1, help="generator seed (same seed, same feed)")
     sample.set_defaults(handler=_produce_sample)
+
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    policy = commands.add_parser("policy", help="platform policy files")
+    policy_sub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = policy_sub.add_parser(
+        "check",
+        parents=[json_flag],
+        help="validate a policy directory the way the worker loads it (exit 1 if invalid)",
+    )
+    check.add_argument("dir", type=Path, metavar="DIR", help="directory of <platform>.toml files")
+    check.set_defaults(handler=_policy_check)
+
+    dlq = commands.add_parser("dlq", help="dead-letter topics: inspect and replay")
+    dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dlq_sub.add_parser(
+        "list",
+        parents=[json_flag],
+        help="per DLQ topic: records, oldest and newest failure, counts by error class",
+    ).set_defaults(handler=_dlq_list)
+    show = dlq_sub.add_parser(
+        "show",
+        parents=[json_flag],
+        help="records with headers, the decoded value, or the raw bytes (escaped)",
+    )
+    _filter_arguments(show)
+    show.add_argument(
+        "--limit", type=_positive_int, default=20, help="show at most N records (default 20)"
+    )
+    show.set_defaults(handler=_dlq_show)
+    again = dlq_sub.add_parser(
+        "replay",
+        parents=[json_flag],
+        help="send selected records back to their original topic, once per replay id",
+        description=(
+            "Send the selected dead letters back to their original topic, key and value "
+            "unchanged, with headers replay.id, replay.at, replay.source.topic/.partition/"
+            ".offset. Progress is kept in Kafka per replay id: an interrupted replay run again "
+            "with the same --replay-id and filters continues where it stopped and never sends a "
+            "record twice. A replay stops at the DLQ end offsets taken when it first started. "
+            "Exit 130 when interrupted (Ctrl-C)."
+        ),
+    )
+    _filter_arguments(again)
+    again.add_argument(
+        "--replay-id",
+        help="names the replay and its progress; default: a new id from the current time",
+    )
+    again.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent; send and record nothing"
+    )
+    again.add_argument("--rate", type=_positive_float, help="records per second at most")
+    again.add_argument(
+        "--limit", type=_positive_int, help="send at most N records in this run (resumable)"
+    )
+    again.set_defaults(handler=_dlq_replay)
+
+    case = commands.add_parser("case", help="one order's recovery case")
+    case_sub = case.add_subparsers(dest="action", required=True, metavar="ACTION")
+    case_show = case_sub.add_parser(
+        "show",
+        parents=[json_flag],
+        help="the order's timeline: events, decisions, actions, compensation, audit log "
+        "(exit 1 if the order is unknown)",
+    )
+    case_show.add_argument("order_id", metavar="ORDER_ID")
+    case_show.set_defaults(handler=_case_show)
+
+    stats = commands.add_parser(
+        "stats",
+        parents=[json_flag],
+        help="recovery rate, outcomes, compensation, time to recovery vs the 92%% and 15 min "
+        "targets (exit 1 if a target is missed)",
+    )
+    stats.add_argument("--since", type=parse_when, help="decided at or after (date or time)")
+    stats.add_argument("--until", type=parse_when, help="decided before (date or time)")
+    stats.add_argument("--by", choices=sorted(GROUPINGS), help="one row per platform/type/rule")
+    stats.set_defaults(handler=_stats)
+
+    rec = commands.add_parser(
+        "reconcile",
+        parents=[json_flag],
+        help="a day's coupons and refunds against a payment ledger CSV (exit 1 on any mismatch)",
+        description=(
+            "Compare the coupons and refunds decided on an Asia/Shanghai calendar day with a "
+            "payment ledger export: CSV with a header row and columns order_id, exception_type, "
+            "kind (coupon|refund), amount_fen (integer fen); other columns are ignored. Reports "
+            "missing, extra and mismatched amounts; exit 1 if there is any."
+        ),
+    )
+    rec.add_argument("--date", type=parse_day, required=True, help="YYYY-MM-DD (Asia/Shanghai)")
+    rec.add_argument("--ledger", type=Path, help="the ledger CSV; without it, only list the day")
+    rec.set_defaults(handler=_reconcile)
+
+    sim = commands.add_parser(
+        "simulate",
+        parents=[json_flag],
+        help="re-decide stored events with another policy directory, no side effects",
+    )
+    sim.add_argument("--policy", type=Path, required=True, metavar="DIR", help="policy directory")
+    sim.add_argument("--since", type=parse_when, help="events that occurred at or after")
+    sim.add_argument("--until", type=parse_when, help="events that occurred before")
+    sim.add_argument(
+        "--show", type=int, default=20, help="changed decisions listed in the table (default 20)"
+    )
+    sim.set_defaults(handler=_simulate)
     return parser
+
+
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--topic", help="one DLQ: an exception type, its topic or its .dlq topic (default: all)"
+    )
+    parser.add_argument("--error-class", help="dlq.error.class, e.g. unknown_platform")
+    parser.add_argument("--order-id", help="the event's order id (else the record key)")
+    parser.add_argument("--since", type=parse_when, help="failed at or after (date or time)")
+    parser.add_argument("--until", type=parse_when, help="failed before (date or time)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,14 +391,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, Settings.from_env())
-    except (ConfigError, MigrationError) as exc:
+    except (ConfigError, MigrationError, UsageError, PolicyError) as exc:
         print(f"recoveryctl: {exc}", file=sys.stderr)
     except (KafkaUnavailable, KafkaException) as exc:
-        print(f"recoveryctl: Kafka error: {exc}", file=sys.stderr)
+        print(f"recoveryctl: Kafka error: {_first_line(exc)}", file=sys.stderr)
     except psycopg.OperationalError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"recoveryctl: cannot reach Postgres: {first_line}", file=sys.stderr)
+        print(f"recoveryctl: cannot reach Postgres: {_first_line(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("recoveryctl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_USAGE
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -1,0 +1,14 @@
+"""One read connection per command. Read-only commands run in a read-only transaction, so a
+mistake in an operator's tool can never change the service's records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+
+def connect(database_url: str) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(database_url, connect_timeout=5)
+    conn.read_only = True
+    return conn

@@ -1,0 +1,264 @@
+"""`dlq replay`: send selected dead letters back to their original topic, once per replay id.
+
+Progress lives in Kafka, in the consumer group `<consumer group>.replay.<replay id>`: its committed
+offset per DLQ partition is the next record to examine, and the commit metadata holds the end
+offsets taken when the replay first started and the filters it was started with. Records are sent
+by a transactional producer (transactional.id = that group) and each transaction commits the group
+offsets with the records it sent, so a replay stopped anywhere (Ctrl-C, a crash, a kill -9) either
+sent a record and moved past it, or did neither. Starting the same replay id again fences the old
+producer, aborts whatever it left open, and continues where the committed offsets say.
+Consumers must read with isolation.level=read_committed (confluent-kafka's default) not to see an
+aborted transaction's records; the worker is idempotent either way.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+
+from order_recovery.config import Settings
+from order_recovery.ops.dlq import (
+    ATTEMPT,
+    QUIET,
+    TP,
+    Letter,
+    LetterFilter,
+    dlq_topics,
+    reader,
+    scan,
+    total,
+    watermarks,
+)
+from order_recovery.ops.output import Advance, UsageError
+
+REPLAY_ID = "replay.id"
+REPLAY_AT = "replay.at"
+REPLAY_SOURCE_TOPIC = "replay.source.topic"
+REPLAY_SOURCE_PARTITION = "replay.source.partition"
+REPLAY_SOURCE_OFFSET = "replay.source.offset"
+_REPLAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+#: A transaction is committed at least this often, so an interruption loses little work.
+CHUNK_RECORDS, CHUNK_SECONDS = 50, 1.0
+
+
+def new_replay_id() -> str:
+    return datetime.now(UTC).strftime("r%Y%m%dT%H%M%S")
+
+
+def check_replay_id(text: str) -> str:
+    if not _REPLAY_ID.match(text):
+        raise UsageError(f"replay id {text!r} must match {_REPLAY_ID.pattern}")
+    return text
+
+
+def replay_group(settings: Settings, replay_id: str) -> str:
+    return f"{settings.consumer_group}.replay.{replay_id}"
+
+
+def replay_headers(letter: Letter, replay_id: str, at: datetime) -> list[tuple[str, bytes]]:
+    """The record's own headers plus the replay's. Of the dead-letter headers only `dlq.attempt`
+    stays: the worker reads it to count attempt + 1 when the record fails again. Replay headers of
+    an earlier replay are replaced."""
+    kept = [
+        (k, v)
+        for k, v in letter.headers
+        if (not k.startswith("dlq.") or k == ATTEMPT) and not k.startswith("replay.")
+    ]
+    return [
+        *kept,
+        (REPLAY_ID, replay_id.encode()),
+        (REPLAY_AT, at.isoformat().encode()),
+        (REPLAY_SOURCE_TOPIC, letter.topic.encode()),
+        (REPLAY_SOURCE_PARTITION, str(letter.partition).encode()),
+        (REPLAY_SOURCE_OFFSET, str(letter.offset).encode()),
+    ]
+
+
+def describe(letter: Letter) -> dict[str, Any]:
+    return {
+        "dlq_topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "target_topic": letter.original_topic,
+        "error_class": letter.error_class,
+        "order_id": letter.order_id,
+        "failed_at": letter.failed_at,
+    }
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    replay_id: str
+    dry_run: bool
+    resumed: bool
+    selected: list[dict[str, Any]] = field(default_factory=list)
+    sent: int = 0
+    examined: int = 0
+    interrupted: bool = False
+    limit_reached: bool = False
+    done: bool = False  # every partition reached the end offsets of the replay's start
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "replay_id": self.replay_id,
+            "dry_run": self.dry_run,
+            "resumed": self.resumed,
+            "sent": self.sent,
+            "examined": self.examined,
+            "interrupted": self.interrupted,
+            "limit_reached": self.limit_reached,
+            "done": self.done,
+            "records": self.selected,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    ranges: dict[TP, tuple[int, int]]  # next offset to examine, end offset at the start
+    filters: dict[str, Any]
+    resumed: bool
+
+
+def _metadata(end: int, filters: dict[str, Any]) -> str:
+    return orjson.dumps({"end": end, "filters": filters}).decode()
+
+
+def _load_state(consumer: Any, topics: list[str], filt: LetterFilter) -> _State:
+    marks = watermarks(consumer, topics)
+    committed = consumer.committed([TopicPartition(t, p) for t, p in marks], timeout=10)
+    ranges: dict[TP, tuple[int, int]] = {}
+    filters: dict[str, Any] | None = None
+    for tp in committed:
+        key = (tp.topic, tp.partition)
+        low = marks[key][0]
+        if tp.offset >= 0 and tp.metadata:
+            saved = orjson.loads(tp.metadata)
+            filters = saved["filters"]
+            ranges[key] = (max(tp.offset, low), int(saved["end"]))
+    if filters is None:
+        return _State({tp: (low, high) for tp, (low, high) in marks.items()}, filt.to_json(), False)
+    if filters != filt.to_json():
+        raise UsageError(
+            f"this replay id was started with filters {filters}; "
+            "resume it with the same filters or use a new --replay-id"
+        )
+    for key, (low, _high) in marks.items():
+        ranges.setdefault(key, (low, low))  # a partition added later: not part of this replay
+    return _State(ranges, filters, True)
+
+
+class _Transactions:
+    """A transactional producer whose every commit also moves the replay group's offsets."""
+
+    def __init__(self, settings: Settings, group: str, consumer: Any, state: _State) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "transactional.id": group,
+                "linger.ms": 5,
+                "transaction.timeout.ms": 60_000,
+            },
+            logger=QUIET,
+        )
+        self._consumer = consumer
+        self._state = state
+        self._errors: list[KafkaError] = []
+        self._producer.init_transactions(30)  # fences an earlier run, aborts what it left open
+        self._producer.begin_transaction()
+        self.in_chunk = 0
+        self.chunk_started = time.monotonic()
+
+    def send(self, topic: str, letter: Letter, headers: list[tuple[str, bytes]]) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self._errors.append(err)
+
+        self._producer.produce(
+            topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
+        )
+        self._producer.poll(0)
+        self.in_chunk += 1
+
+    def commit(self, positions: dict[TP, int], *, again: bool = True) -> None:
+        offsets = [
+            TopicPartition(t, p, positions.get((t, p), start), _metadata(end, self._state.filters))
+            for (t, p), (start, end) in self._state.ranges.items()
+        ]
+        self._producer.send_offsets_to_transaction(
+            offsets, self._consumer.consumer_group_metadata(), 30
+        )
+        self._producer.commit_transaction(60)
+        if self._errors:  # commit_transaction raises first in practice; belt and braces
+            raise RuntimeError(f"replay not delivered: {self._errors[0]}")
+        if again:
+            self._producer.begin_transaction()
+        self.in_chunk = 0
+        self.chunk_started = time.monotonic()
+
+    def due(self) -> bool:
+        return (
+            self.in_chunk >= CHUNK_RECORDS or time.monotonic() - self.chunk_started > CHUNK_SECONDS
+        )
+
+
+def replay(
+    settings: Settings,
+    replay_id: str,
+    filt: LetterFilter,
+    *,
+    dry_run: bool = False,
+    rate: float | None = None,
+    limit: int | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], AbstractContextManager[Advance]] | None = None,
+) -> ReplayResult:
+    """Replay what `filt` selects, from where this replay id stopped to the end offsets taken
+    when it first started. `stop` is polled between records (Ctrl-C sets it); `progress` gets the
+    number of records to examine and gives back a callback."""
+    group = replay_group(settings, replay_id)
+    topics = [filt.topic] if filt.topic else dlq_topics(settings)
+    consumer = reader(settings, group)
+    try:
+        state = _load_state(consumer, topics, filt)
+        result = ReplayResult(replay_id, dry_run, state.resumed)
+        tx = None if dry_run else _Transactions(settings, group, consumer, state)
+        if tx is not None and not state.resumed:
+            tx.commit({})  # record the end offsets and filters before sending anything
+        positions: dict[TP, int] = {}
+        with progress(total(state.ranges)) if progress else nullcontext(None) as advance:
+            started = time.monotonic()
+            for letter in scan(consumer, state.ranges, advance):
+                if stop():
+                    result.interrupted = True
+                    break
+                if filt.matches(letter):
+                    if limit is not None and len(result.selected) >= limit:
+                        result.limit_reached = True
+                        break
+                    result.selected.append(describe(letter))
+                    if tx is not None:
+                        if rate is not None:
+                            wait = started + result.sent / rate - time.monotonic()
+                            if wait > 0:
+                                time.sleep(wait)
+                        headers = replay_headers(letter, replay_id, datetime.now(UTC))
+                        tx.send(letter.original_topic, letter, headers)
+                        result.sent += 1
+                positions[(letter.topic, letter.partition)] = letter.offset + 1
+                result.examined += 1
+                if tx is not None and tx.due():
+                    tx.commit(positions)
+        if tx is not None:
+            tx.commit(positions, again=False)
+        result.done = not (result.interrupted or result.limit_reached)
+        return result
+    finally:
+        consumer.close()

@@ -1,0 +1,219 @@
+"""How each command's result looks in a terminal. Pure presentation: the same values go out as
+JSON with `--json`, so nothing here is the only place a figure exists."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from order_recovery.ops.cases import Entry
+from order_recovery.ops.dlq import Letter, TopicSummary
+from order_recovery.ops.output import escape_bytes, fen, minutes, percent, when
+from order_recovery.ops.reconcile import Line, Reconciliation
+from order_recovery.ops.replay import ReplayResult
+from order_recovery.ops.simulate import Side, Simulation
+from order_recovery.ops.stats import TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, Figures
+
+
+def _mark(ok: bool | None) -> str:
+    return "-" if ok is None else ("[green]met[/]" if ok else "[red]missed[/]")
+
+
+def dlq_list(out: Console, summaries: Sequence[TopicSummary]) -> None:
+    table = Table("DLQ topic", "records", "oldest failure", "newest failure", "by error class")
+    for s in summaries:
+        classes = ", ".join(f"{k}={n}" for k, n in s.by_error_class.items()) or "-"
+        style = "yellow" if s.count else None
+        table.add_row(
+            s.topic,
+            str(s.count),
+            when(s.oldest_failure),
+            when(s.newest_failure),
+            classes,
+            style=style,
+        )
+    out.print(table)
+
+
+def dlq_show(out: Console, letters: Sequence[Letter], matched: int) -> None:
+    for x in letters:
+        out.rule(f"{x.topic}[{x.partition}]@{x.offset}  [bold]{x.error_class}[/]", align="left")
+        out.print(f"failed at  {when(x.failed_at)}   order {x.order_id or '-'}", markup=False)
+        out.print(f"key        {'-' if x.key is None else escape_bytes(x.key)}", markup=False)
+        for k, v in x.headers:
+            out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
+        doc = x.decoded()
+        if doc is not None:
+            out.print_json(data=doc)
+        else:
+            raw = "null" if x.value is None else escape_bytes(x.value)
+            out.print(f"value (raw, does not decode as JSON): {raw}", markup=False)
+    out.print(f"{len(letters)} shown of {matched} matching")
+
+
+def replay(out: Console, result: ReplayResult) -> None:
+    table = Table("DLQ record", "to topic", "error class", "order", "failed at")
+    for r in result.selected:
+        table.add_row(
+            f"{r['dlq_topic']}[{r['partition']}]@{r['offset']}",
+            r["target_topic"],
+            r["error_class"],
+            r["order_id"] or "-",
+            when(r["failed_at"]),
+        )
+    if result.selected:
+        out.print(table)
+    verb = "would send" if result.dry_run else "sent"
+    count = len(result.selected) if result.dry_run else result.sent
+    state = "resumed" if result.resumed else "new"
+    tail = "finished" if result.done else ("limit reached" if result.limit_reached else "stopped")
+    out.print(
+        f"replay {result.replay_id} ({state}): {verb} {count} record(s), "
+        f"examined {result.examined}; {tail}"
+    )
+
+
+def case(out: Console, order_id: str, entries: Sequence[Entry]) -> None:
+    table = Table("at", "what", "exception", "summary", title=f"order {order_id}")
+    styles = {"event": "cyan", "decision": "bold", "compensation": "magenta"}
+    for e in entries:
+        table.add_row(
+            when(e.at), e.kind, e.exception_type, escape(e.summary), style=styles.get(e.kind)
+        )
+        if e.kind == "decision":
+            d = e.detail
+            flags = f" flags: {', '.join(d['risk_flags'])}" if d["risk_flags"] else ""
+            detail = escape(f"{d['reason']} ({d['policy_version']}){flags}")
+            table.add_row("", "", "", f"[dim]{detail}[/]")
+    out.print(table)
+
+
+def stats(out: Console, total: Figures, groups: Sequence[Figures], by: str | None) -> None:
+    table = Table(
+        by or "",
+        "decided",
+        "recovered",
+        "rate",
+        "mean TTR",
+        "p90 TTR",
+        "coupons",
+        "refunds",
+        "outcomes",
+    )
+    for f in [*groups, total]:
+        name = "all" if f is total else str(f.group)
+        table.add_row(
+            f"[bold]{name}[/]" if f is total else name,
+            str(f.decided),
+            str(f.recovered),
+            percent(f.recovery_rate),
+            minutes(f.mean_ttr_s),
+            minutes(f.p90_ttr_s),
+            f"{f.coupons} / {fen(f.coupon_fen)}",
+            f"{f.refunds} / {fen(f.refund_fen)}",
+            ", ".join(f"{k}={n}" for k, n in sorted(f.outcomes.items())),
+        )
+    out.print(table)
+    out.print(
+        f"recovery rate {percent(total.recovery_rate)} (target {TARGET_RECOVERY_RATE:.0%}): "
+        f"{_mark(total.rate_ok)};  mean time to recovery {minutes(total.mean_ttr_s)} "
+        f"(target {TARGET_MEAN_TTR_S // 60} min): {_mark(total.ttr_ok)}"
+    )
+
+
+def _lines(out: Console, title: str, lines: Sequence[Line]) -> None:
+    table = Table("order", "exception", "kind", "amount", "where", title=title)
+    for x in lines:
+        table.add_row(x.order_id, x.exception_type, x.kind, fen(x.amount_fen), x.where)
+    out.print(table)
+
+
+def reconciliation(out: Console, r: Reconciliation) -> None:
+    def totals(t: dict[str, dict[str, int]]) -> str:
+        return ", ".join(f"{k} {v['count']} / {fen(v['amount_fen'])}" for k, v in t.items())
+
+    out.print(f"day {r.day} (Asia/Shanghai); decided: {totals(r.totals(r.decided))}")
+    if r.ledger is None:
+        _lines(out, "compensations decided", r.decided)
+        out.print("no ledger given: nothing compared")
+        return
+    out.print(f"ledger: {totals(r.totals(r.ledger))}")
+    if r.missing:
+        _lines(out, "[red]missing from the ledger[/]", r.missing)
+    if r.extra:
+        _lines(out, "[red]in the ledger, not decided that day[/]", r.extra)
+    if r.mismatched:
+        table = Table(
+            "order",
+            "exception",
+            "kind",
+            "decided",
+            "ledger",
+            "ledger line",
+            title="[red]amounts differ[/]",
+        )
+        for d, g in r.mismatched:
+            table.add_row(
+                d.order_id,
+                d.exception_type,
+                d.kind,
+                fen(d.amount_fen),
+                fen(g.amount_fen),
+                g.where,
+            )
+        out.print(table)
+    if r.clean:
+        out.print("[green]ledger matches[/]")
+    else:
+        out.print(
+            f"[red]{len(r.missing)} missing, {len(r.extra)} extra, "
+            f"{len(r.mismatched)} mismatched[/]"
+        )
+
+
+def _side(s: Side, key: str) -> Any:
+    return s.to_json()[key]
+
+
+def simulation(out: Console, sim: Simulation, show: int) -> None:
+    outcomes = sorted(set(sim.decided.outcomes) | set(sim.simulated.outcomes))
+    table = Table("", "decided", "simulated", "change")
+    for o in outcomes:
+        a, b = sim.decided.outcomes[o], sim.simulated.outcomes[o]
+        table.add_row(o, str(a), str(b), f"{b - a:+d}")
+    a_rate, b_rate = sim.decided.recovery_rate, sim.simulated.recovery_rate
+    delta = "-" if a_rate is None or b_rate is None else f"{(b_rate - a_rate) * 100:+.1f} pt"
+    table.add_row("[bold]recovery rate[/]", percent(a_rate), percent(b_rate), delta)
+    for kind in ("coupon", "refund"):
+        a_n, b_n = _side(sim.decided, kind), _side(sim.simulated, kind)
+        table.add_row(
+            f"{kind}s",
+            f"{a_n['count']} / {fen(a_n['amount_fen'])}",
+            f"{b_n['count']} / {fen(b_n['amount_fen'])}",
+            fen(b_n["amount_fen"] - a_n["amount_fen"]),
+        )
+    spend_a = sim.decided.coupon_fen + sim.decided.refund_fen
+    spend_b = sim.simulated.coupon_fen + sim.simulated.refund_fen
+    table.add_row("[bold]compensation spend[/]", fen(spend_a), fen(spend_b), fen(spend_b - spend_a))
+    out.print(table)
+    if sim.not_decidable:
+        out.print(f"not decidable with these policies: {dict(sim.not_decidable)}")
+    out.print(f"{sim.events} event(s), {len(sim.changes)} decision(s) would change")
+    if sim.changes and show:
+        changes = Table("event", "order", "platform", "decided", "simulated")
+        for s, v in sim.changes[:show]:
+            changes.add_row(
+                s.event_id,
+                s.order_id,
+                s.platform,
+                f"{s.decided.outcome} {fen(s.decided.compensation_fen)}\n"
+                f"[dim]{escape(', '.join(s.decided.rule_ids))}[/]",
+                f"{v.outcome} {fen(v.compensation_fen)}\n[dim]{escape(', '.join(v.rule_ids))}[/]",
+            )
+        out.print(changes)
+        if len(sim.changes) > show:
+            out.print(f"... {len(sim.changes) - show} more (--json lists all)")
