@@ -326,7 +326,7 @@ def test_sigterm_exits_within_10s_with_its_batch_committed(
         settings.kafka_bootstrap_servers, settings.consumer_group, settings.source_topics
     )
     # Every decided event's offset is committed, and no offset past an undecided one.
-    assert sum(max(0, o) for o in committed.values()) == decided
+    assert sum(max(0, o) for o in committed.values()) == decided, worker.log()[-4000:]
     # ... and nothing decided is left uncommitted: a restart decides the rest, redoing nothing.
     restarted = workers.start(name="after-term")
     wait_until(lambda: decision_count(settings.database_url) == len(events), 120, "the rest")

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
+from order_recovery.adapters.retry import transient_cause
 from order_recovery.config import Settings
 from order_recovery.pipeline import BatchResult, SourceRecord
 from order_recovery.worker import Worker
@@ -77,37 +78,78 @@ def run(settings: Settings) -> int:
     executor = ThreadPoolExecutor(1, thread_name_prefix="pipeline")
     source = app.topic(*settings.source_topics, value_type=bytes, key_type=bytes)
 
+    processed: dict[tuple[str, int], int] = {}
+    in_flight = asyncio.Event()  # set while a batch is in the pipeline
+    draining = asyncio.Event()  # set once a stop signal arrived
+    drained = asyncio.Event()  # set once the drain committed what was done
+
+    def exit_now(code: int, why: str) -> NoReturn:
+        """Leave without letting faust ack (and commit) anything more: what was not finished is
+        redelivered to the next owner, and the decisions table makes that harmless."""
+        log.warning("%s; exiting %d without acknowledging further", why, code)
+        logging.shutdown()
+        os._exit(code)
+
     async def process_batch(records: Sequence[SourceRecord]) -> BatchResult:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(executor, worker.pipeline.process, records)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            # Shutdown: finish the batch in hand (retries give up once stop is set), then let
-            # faust ack and commit it. A batch that could not finish must not be acked.
+            # Cancelled without our drain (faust stopping on its own): finish the batch in
+            # hand, then let faust ack it; a batch that could not finish must not be acked.
             worker.stop.set()
             while not future.done():
                 await asyncio.sleep(0.05)
             if future.exception() is not None:
-                log.warning("stopping with an unfinished batch; it will be redelivered")
-                os._exit(0)
+                exit_now(0, "stopped with an unfinished batch")
             raise
-        except Exception:
-            log.critical(
-                "pipeline failed outside any single event; exiting without ack", exc_info=True
-            )
-            logging.shutdown()
-            os._exit(EXIT_BUG)
-
-    processed: dict[tuple[str, int], int] = {}
+        except Exception as exc:
+            if worker.stop.is_set() and transient_cause(exc):
+                exit_now(0, "stopped while the batch waited out an outage")
+            log.critical("pipeline failed outside any single event", exc_info=True)
+            exit_now(EXIT_BUG, "bug")
 
     @app.agent(source, concurrency=1)
     async def recover(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
-            result = await process_batch([_record(e) for e in events])
-            processed.update(result.commit_offsets)
+            if draining.is_set():
+                # Arrived after the stop began: leave it unacked for the next owner.
+                while not drained.is_set():
+                    await asyncio.sleep(0.02)
+                exit_now(0, "stop requested")
+            in_flight.set()
+            try:
+                result = await process_batch([_record(e) for e in events])
+                # Ack now rather than when take_events resumes, so the drain can commit it.
+                for event in events:
+                    app.consumer.ack(event.message)
+                processed.update(result.commit_offsets)
+            finally:
+                in_flight.clear()
+
+    async def drain_then_stop(stop: Callable[[], None]) -> None:
+        """SIGTERM/SIGINT: stop taking batches, let the batch in hand finish (retries give up
+        once `worker.stop` is set), commit its offsets, then run faust's own shutdown."""
+        draining.set()
+        worker.stop.set()
+        while in_flight.is_set():
+            await asyncio.sleep(0.02)
+        # A commit already under way makes commit() wait for it and return without committing
+        # (faust's consumer), so the second call is the one that surely includes our acks.
+        await app.consumer.commit()
+        await app.consumer.commit()
+        drained.set()
+        stop()
+
+    class DrainingWorker(faust.Worker):
+        def _on_sigterm(self) -> None:
+            self.loop.create_task(drain_then_stop(super()._on_sigterm))
+
+        def _on_sigint(self) -> None:
+            self.loop.create_task(drain_then_stop(super()._on_sigint))
 
     @app.timer(LAG_REFRESH_S)
     async def refresh_lag() -> None:
@@ -130,7 +172,7 @@ def run(settings: Settings) -> int:
     async def started() -> None:
         worker.start_background()
 
-    faust_worker = faust.Worker(
+    faust_worker = DrainingWorker(
         app, loglevel=_faust_loglevel(settings.log_level), redirect_stdouts=False
     )
     try:
