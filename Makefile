@@ -63,8 +63,8 @@ test: venv
 	$(STACK) up --record "$$started" && $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests bench deploy
+	$(BIN)/ruff format --check services tests bench deploy
 
 # Throughput and latency against the raw floors of the same broker and database (see bench/run.py;
 # BENCH_EVENTS, BENCH_REPEAT, BENCH_LATENCY_S). Starts the stack if needed; leaves it up.

@@ -53,6 +53,36 @@ wait_for() {
   done
 }
 
+# Starts CMD detached (setsid: Ctrl-C in `make run` stops the worker, not the services), writing its
+# pid to PID_FILE and its output to LOG, and waits until the pid file exists.
+spawn() {
+  local pid_file=$1 log=$2; shift 2
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$pid_file" "$@" >>"$log" 2>&1 </dev/null &
+  local waited=0
+  until [ -s "$pid_file" ] || [ $waited -ge 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+}
+
+# Stops the process of PID_FILE: TERM, up to 30 s, then KILL; a stale pid file is just removed.
+stop_pid_file() {
+  local name=$1 pid_file=$2 pid
+  pid=$(read_pid "$pid_file")
+  if pid_alive "$pid"; then
+    kill -TERM "$pid"
+    local deadline=$((SECONDS + 30))
+    while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    pid_alive "$pid" && kill -KILL "$pid"
+    say "stack: $name stopped"
+  fi
+  rm -f "$pid_file"
+}
+
+# One `make status` line: NAME up/down, pid, address, log.
+status_line() {
+  local name=$1 pid=$2 address=$3 log=$4
+  if pid_alive "$pid"; then printf '%-10s up    pid %s  %s  log %s\n' "$name" "$pid" "$address" "$log"
+  else printf '%-10s down\n' "$name"; fi
+}
+
 # ---------------------------------------------------------------- kafka
 kafka_fetch() {
   local pom=$ROOT/deploy/local/kafka/pom.xml stamp=$KAFKA_LIBS/.pom.sha256 want
@@ -98,35 +128,19 @@ kafka_up() {
       || die "formatting Kafka storage failed; see $LOGS/kafka.out"
   fi
   : >"$LOGS/kafka.log"
-  # setsid: Ctrl-C in `make run` stops the worker, not the services.
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KAFKA_PID" \
+  spawn "$KAFKA_PID" "$LOGS/kafka.out" \
     java -Xms128m "-Xmx$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
     "-Dkafka.logs.dir=$LOGS" "-Dlog4j2.configurationFile=$ROOT/deploy/local/kafka/log4j2.properties" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >>"$LOGS/kafka.out" 2>&1 </dev/null &
-  local waited=0
-  until [ -s "$KAFKA_PID" ] || [ $waited -ge 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+    -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties"
   wait_for kafka "$LOGS/kafka.log" "$KAFKA_PID" kafka_ready
   STARTED=1
   say "stack: kafka up on 127.0.0.1:$KAFKA_PORT (pid $(read_pid "$KAFKA_PID"), log $LOGS/kafka.log)"
 }
 
-kafka_down() {
-  local pid; pid=$(read_pid "$KAFKA_PID")
-  if pid_alive "$pid"; then
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
-    while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    pid_alive "$pid" && kill -KILL "$pid"
-    say "stack: kafka stopped"
-  fi
-  rm -f "$KAFKA_PID"
-}
+kafka_down() { stop_pid_file kafka "$KAFKA_PID"; }
 
 kafka_status() {
-  local pid; pid=$(read_pid "$KAFKA_PID")
-  if pid_alive "$pid"; then echo "kafka     up    pid $pid  127.0.0.1:$KAFKA_PORT  log $LOGS/kafka.log"
-  else echo "kafka     down"; fi
+  status_line kafka "$(read_pid "$KAFKA_PID")" "127.0.0.1:$KAFKA_PORT" "$LOGS/kafka.log"
 }
 
 # ---------------------------------------------------------------- postgres
@@ -224,9 +238,7 @@ pg_down() {
 }
 
 pg_status() {
-  local pid=""; [ -f "$PG_DATA/postmaster.pid" ] && pid=$(read_pid "$PG_DATA/postmaster.pid")
-  if pid_alive "$pid"; then echo "postgres  up    pid $pid  127.0.0.1:$PG_PORT  log $LOGS/postgres.log"
-  else echo "postgres  down"; fi
+  status_line postgres "$(read_pid "$PG_DATA/postmaster.pid")" "127.0.0.1:$PG_PORT" "$LOGS/postgres.log"
 }
 
 # ---------------------------------------------------------------- prometheus
@@ -268,34 +280,19 @@ prometheus_up() {
   "$(dirname "$bin")/promtool" check config "$PROM_DIR/prometheus.yml" >"$LOGS/promtool.log" 2>&1 \
     || { cat "$LOGS/promtool.log" >&2; die "the Prometheus config or rules do not check; see $LOGS/promtool.log"; }
   : >"$LOGS/prometheus.log"
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PROM_PID" \
+  spawn "$PROM_PID" "$LOGS/prometheus.log" \
     "$bin" --config.file="$PROM_DIR/prometheus.yml" --storage.tsdb.path="$PROM_DIR/data" \
     --storage.tsdb.retention.time=7d --web.listen-address="127.0.0.1:$PROM_PORT" \
-    --web.enable-lifecycle \
-    >>"$LOGS/prometheus.log" 2>&1 </dev/null &
-  local waited=0
-  until [ -s "$PROM_PID" ] || [ $waited -ge 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+    --web.enable-lifecycle
   wait_for prometheus "$LOGS/prometheus.log" "$PROM_PID" prom_ready
   STARTED=1
   say "stack: prometheus up on http://127.0.0.1:$PROM_PORT scraping 127.0.0.1:$WORKER_METRICS_PORT (pid $(read_pid "$PROM_PID"), log $LOGS/prometheus.log)"
 }
 
-prometheus_down() {
-  local pid; pid=$(read_pid "$PROM_PID")
-  if pid_alive "$pid"; then
-    kill -TERM "$pid"
-    local deadline=$((SECONDS + 30))
-    while pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    pid_alive "$pid" && kill -KILL "$pid"
-    say "stack: prometheus stopped"
-  fi
-  rm -f "$PROM_PID"
-}
+prometheus_down() { stop_pid_file prometheus "$PROM_PID"; }
 
 prometheus_status() {
-  local pid; pid=$(read_pid "$PROM_PID")
-  if pid_alive "$pid"; then echo "prometheus up    pid $pid  http://127.0.0.1:$PROM_PORT  log $LOGS/prometheus.log"
-  else echo "prometheus down"; fi
+  status_line prometheus "$(read_pid "$PROM_PID")" "http://127.0.0.1:$PROM_PORT" "$LOGS/prometheus.log"
 }
 
 # ---------------------------------------------------------------- dispatch
