@@ -5,7 +5,7 @@ One run, one broker, one topic set, N preloaded events (default 200,000 from the
   floor B  raw consume + COPY one row per event into Postgres + commit (the I/O limit)
   floor C  a faust agent that only counts events
   worker   each runtime, end to end: every event decided in Postgres, every outcome published
-  latency  produce -> decision committed and outcome published, at half the measured maximum
+  latency  produce -> decision committed (Postgres commit timestamp), at half the measured maximum
   scaling  two worker processes against one, same topic (6 partitions)
 Each measurement is repeated (default 3) and the medians are reported, with the ratios that matter
 (worker / floor B, faust worker / floor C) computed within the run. Machines are shared and noisy:
@@ -299,8 +299,8 @@ def worker_rate(
 def latency(
     base: Settings, admin_url: str, runtime: str, rate: float, seconds: float
 ) -> tuple[float, float]:
-    """p50/p99 ms from the producer's timestamp to the outbox row marked published (which comes
-    after the decision's commit), at a fixed offered load."""
+    """p50/p99 ms from the producer's timestamp to the commit of the decision's transaction
+    (Postgres's commit timestamp of the row), at a fixed offered load."""
     settings = fresh_settings(base, f"lat{uuid.uuid4().hex[:6]}")
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
     dsn = fresh_database(admin_url)
@@ -329,9 +329,9 @@ def latency(
         produced_at = _produce_timestamps(settings)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
-                """SELECT d.source_topic, d.source_partition, d.source_offset,
-                          extract(epoch FROM o.published_at) * 1000
-                   FROM decisions d JOIN outbox o USING (event_id)"""
+                """SELECT source_topic, source_partition, source_offset,
+                          extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000
+                   FROM decisions"""
             ).fetchall()
         latencies = sorted(float(ms) - produced_at[(t, p, off)] for t, p, off, ms in rows)
         return _percentile(latencies, 50), _percentile(latencies, 99)

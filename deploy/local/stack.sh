@@ -211,6 +211,10 @@ unix_socket_directories = '$PG_SOCK'
 max_connections = 200
 EOF
   fi
+  # Commit times of decisions, for `make bench`'s produce -> commit latency (clusters made before
+  # this line get it too).
+  grep -q '^track_commit_timestamp' "$PG_DATA/postgresql.conf" \
+    || echo "track_commit_timestamp = on" >>"$PG_DATA/postgresql.conf"
   rm -f "$PG_DATA/postmaster.pid"
   touch "$LOGS/postgres.log" && { [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$LOGS/postgres.log"; }
   setsid bash -c "$(declare -f as_pg); PG_OS_USER=$PG_OS_USER; as_pg '$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$LOGS/postgres.log' -w -t '$READY_TIMEOUT' start" \

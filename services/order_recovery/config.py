@@ -62,8 +62,8 @@ class Settings:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
-    batch_size: int = 500
-    batch_timeout_s: float = 0.2
+    batch_size: int = 2000
+    batch_timeout_s: float = 0.05
     max_poll_interval_ms: int = 300_000
     policy_dir: Path | None = None
     runtime: str = "confluent"  # the faster of the two in `make bench`; see README
@@ -85,8 +85,8 @@ class Settings:
             worker_id=env.get("ORDER_RECOVERY_WORKER_ID") or defaults.worker_id,
             metrics_host=env.get("ORDER_RECOVERY_METRICS_HOST") or defaults.metrics_host,
             metrics_port=_int(env, "ORDER_RECOVERY_METRICS_PORT", 9464),
-            batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 500, minimum=1),
-            batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.2),
+            batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 2000, minimum=1),
+            batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.05),
             max_poll_interval_ms=_int(
                 env, "ORDER_RECOVERY_MAX_POLL_INTERVAL_MS", 300_000, minimum=1000
             ),

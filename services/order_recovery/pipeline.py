@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -103,6 +103,7 @@ class Pipeline:
         publisher: KafkaPublisher,
         metrics: WorkerMetrics,
         retry: RetryPolicy,
+        mark_published: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._settings = settings
         self._policies = policies
@@ -110,6 +111,9 @@ class Pipeline:
         self._publisher = publisher
         self._metrics = metrics
         self._retry = retry
+        # The worker marks published outbox rows in the background (OutboxMarker); without one,
+        # the mark is a transaction of its own right here.
+        self._mark_published = mark_published or self._mark_now
 
     # ------------------------------------------------------------------ the batch
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
@@ -233,7 +237,10 @@ class Pipeline:
         letters = [self._dead_letter_message(letter) for letter in dead]
         self._retry.call(lambda: self._publisher.publish([*letters, *outcomes]), "publish")
         ids = [d.event.envelope.event_id for d in decided]
-        self._retry.call(lambda: self._store.mark_published(ids), "mark outbox published")
+        self._mark_published(ids)
+
+    def _mark_now(self, event_ids: list[str]) -> None:
+        self._retry.call(lambda: self._store.mark_published(event_ids), "mark outbox published")
 
     def _dead_letter_message(self, letter: DeadLetter) -> OutgoingMessage:
         r = letter.record

@@ -9,6 +9,7 @@ import threading
 from order_recovery.adapters.http_server import HealthServer
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
 from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.retry import TRANSIENT_CAUSES, RetryPolicy, transient_cause
 from order_recovery.config import EXCEPTION_TYPES, Settings
@@ -34,8 +35,15 @@ class Worker:
             settings.kafka_bootstrap_servers, f"order-recovery-{settings.worker_id}"
         )
         self.retry = RetryPolicy(self.stop, self._on_retry, self._on_recovered)
+        self.marker = OutboxMarker(settings.database_url)
         self.pipeline = Pipeline(
-            settings, self.policies, self.store, self.publisher, self.metrics, self.retry
+            settings,
+            self.policies,
+            self.store,
+            self.publisher,
+            self.metrics,
+            self.retry,
+            mark_published=self.marker.mark,
         )
         self.metrics.initialise(
             EXCEPTION_TYPES,
@@ -89,6 +97,7 @@ class Worker:
         if self._http is not None:
             self._http.stop()
         self.publisher.close()
+        self.marker.close()
         self.store.close()
 
     # ------------------------------------------------------------------ outbox relay

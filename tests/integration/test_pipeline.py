@@ -12,6 +12,7 @@ import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher
 from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
@@ -180,3 +181,27 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
     )
     assert {i for i, n in ids.items() if n == 2} == {row[0] for row in left}
     assert len(ids) == len(events)
+
+
+def test_the_background_marker_marks_every_published_outcome(settings: Settings) -> None:
+    marker = OutboxMarker(settings.database_url)
+    store = PostgresStore(settings.database_url)
+    pipeline = Pipeline(
+        settings,
+        load_policies(),
+        store,
+        KafkaPublisher(settings.kafka_bootstrap_servers, "marker"),
+        WorkerMetrics(),
+        RetryPolicy(threading.Event()),
+        mark_published=marker.mark,
+    )
+    try:
+        events = list({e["event_id"]: e for e in sample_events(300, seed=9)}.values())
+        for start in range(0, len(events), 100):
+            pipeline.process(_records(settings, events[start : start + 100], start))
+        assert marker.flush(10)
+        assert _count(settings.database_url, "outbox") == len(events)
+        assert _count(settings.database_url, "outbox WHERE published_at IS NULL") == 0
+    finally:
+        marker.close()
+        store.close()
