@@ -11,8 +11,9 @@ Each measurement is repeated (default 3) and the medians are reported, with the 
 (worker / floor B, faust worker / floor C) computed within the run. Machines are shared and noisy:
 quote the ratios, not a lone absolute figure.
 
-Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20), plus the usual
-KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
+Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20),
+BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured once each besides half the maximum), plus
+the usual KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
 """
 
 from __future__ import annotations
@@ -436,6 +437,14 @@ def main() -> int:
         "confluent" if med["worker_confluent_rps"] >= med["worker_faust_rps"] else "faust"
     )
     log(f"latency at {best / 2:.0f} events/s (half of {best_runtime}'s maximum)")
+    extra = {}
+    for rate in [
+        float(r) for r in os.environ.get("BENCH_LATENCY_EXTRA_RPS", "500,2000").split(",") if r
+    ]:
+        log(f"latency at a fixed {rate:.0f} events/s")
+        extra[f"latency_at_{rate:.0f}_rps_ms"] = [
+            round(v, 1) for v in latency(base, admin_url, best_runtime, rate, latency_s)
+        ]
     p50s, p99s = zip(
         *(latency(base, admin_url, best_runtime, best / 2, latency_s) for _ in range(repeat)),
         strict=True,
@@ -452,6 +461,7 @@ def main() -> int:
         "latency_offered_rps": round(best / 2, 1),
         "p50_latency_ms": round(statistics.median(p50s), 1),
         "p99_latency_ms": round(statistics.median(p99s), 1),
+        **extra,
         "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -478,6 +488,9 @@ def print_table(r: dict[str, Any]) -> None:
         ("p99 latency", f"{r['p99_latency_ms']:>10.1f} ms"),
         ("worker peak RSS", f"{r['worker_peak_rss_mb']:>10.1f} MB"),
     ]
+    for key, (p50, p99) in ((k, v) for k, v in r.items() if k.startswith("latency_at_")):
+        rate = key.removeprefix("latency_at_").removesuffix("_rps_ms")
+        rows.append((f"p50 / p99 latency at a fixed {rate}/s", f"{p50:>6.1f} / {p99:.1f} ms"))
     width = max(len(a) for a, _ in rows)
     print(f"order-recovery benchmark: {r['events']:,} events, medians of {r['repetitions']}")
     for label, value in rows:
