@@ -23,18 +23,22 @@ from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 
 
-@pytest.fixture
-def pipeline(settings: Settings) -> Iterator[Pipeline]:
-    store = PostgresStore(settings.database_url)
-    publisher = KafkaPublisher(settings.kafka_bootstrap_servers, "test")
-    yield Pipeline(
+def make_pipeline(settings: Settings, store: PostgresStore, **options: object) -> Pipeline:
+    return Pipeline(
         settings,
         load_policies(),
         store,
-        publisher,
+        KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
         WorkerMetrics(),
         RetryPolicy(threading.Event()),
+        **options,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[Pipeline]:
+    store = PostgresStore(settings.database_url)
+    yield make_pipeline(settings, store)
     store.close()
 
 
@@ -136,14 +140,7 @@ def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
     events = list({e["event_id"]: e for e in sample_events(50, seed=12)}.values())
     assert pipeline.process(_records(settings, events[:30])).decided == 30
     store = StaleReadStore(settings.database_url)
-    late = Pipeline(
-        settings,
-        load_policies(),
-        store,
-        KafkaPublisher(settings.kafka_bootstrap_servers, "late"),
-        WorkerMetrics(),
-        RetryPolicy(threading.Event()),
-    )
+    late = make_pipeline(settings, store)
     try:
         result = late.process(_records(settings, events))
     finally:
@@ -186,15 +183,7 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
 def test_the_background_marker_marks_every_published_outcome(settings: Settings) -> None:
     marker = OutboxMarker(settings.database_url)
     store = PostgresStore(settings.database_url)
-    pipeline = Pipeline(
-        settings,
-        load_policies(),
-        store,
-        KafkaPublisher(settings.kafka_bootstrap_servers, "marker"),
-        WorkerMetrics(),
-        RetryPolicy(threading.Event()),
-        mark_published=marker.mark,
-    )
+    pipeline = make_pipeline(settings, store, mark_published=marker.mark)
     try:
         events = list({e["event_id"]: e for e in sample_events(300, seed=9)}.values())
         for start in range(0, len(events), 100):
