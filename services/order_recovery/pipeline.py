@@ -26,7 +26,6 @@ from order_recovery.adapters.postgres.store import (
     DecisionRow,
     HistoryKeys,
     PostgresStore,
-    StoredHistory,
 )
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
@@ -40,8 +39,8 @@ from order_recovery.domain.errors import (
     UnknownPlatform,
 )
 from order_recovery.domain.events import Event
-from order_recovery.domain.history import OrderHistory, business_day
-from order_recovery.domain.outcome import outcome_event, outcome_event_id
+from order_recovery.domain.history import business_day
+from order_recovery.domain.outcome import outcome_event
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.rules import decide
 
@@ -85,13 +84,12 @@ class BatchResult:
     commit_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Decided:
     record: SourceRecord
     event: Event
     decision: Decision
-    from_status: str | None
-    row: DecisionRow | None = None
+    row: DecisionRow
 
 
 class Pipeline:
@@ -166,19 +164,17 @@ class Pipeline:
                 duplicates[str(env.event_type)] += 1
                 continue
             seen.add(env.event_id)
-            history = _order_history(stored, event)
             try:
-                decision = decide(event, history, policy)
+                decision = decide(event, stored.order_history(event), policy)
             except Exception as exc:  # a rule that raises is this event's fault, not the batch's
                 log.exception("rule failed for event %s", env.event_id)
                 failures.append(DeadLetter(record, RULE_ERROR, f"{type(exc).__name__}: {exc}"))
                 continue
-            case_key = (env.order_id, str(env.event_type))
-            d = _Decided(record, event, decision, stored.case_status.get(case_key))
-            d.row = self._row(d)
-            decided.append(d)
-            _advance(stored, event, decision)
-        inserted = set(self._store.save_decisions([d.row for d in decided if d.row]))
+            from_status = stored.case_status.get((env.order_id, str(env.event_type)))
+            row = self._row(record, event, decision, from_status)
+            decided.append(_Decided(record, event, decision, row))
+            stored.advance(event, decision)
+        inserted = set(self._store.save_decisions([d.row for d in decided]))
         self._metrics.pg_transaction_seconds.observe(self._store.last_transaction_s)
         fresh = []
         for d in decided:
@@ -188,10 +184,12 @@ class Pipeline:
                 duplicates[str(d.event.envelope.event_type)] += 1
         return fresh, failures, duplicates
 
-    def _row(self, d: _Decided) -> DecisionRow:
-        env = d.event.envelope
-        decision = d.decision
+    def _row(
+        self, record: SourceRecord, event: Event, decision: Decision, from_status: str | None
+    ) -> DecisionRow:
+        env = event.envelope
         comp = decision.compensation
+        outcome = outcome_event(event, decision, decided_at=datetime.now(UTC))
         return DecisionRow(
             event_id=env.event_id,
             order_id=env.order_id,
@@ -211,17 +209,14 @@ class Pipeline:
             compensation_kind=None if comp is None else str(comp.kind),
             compensation_fen=None if comp is None else comp.amount_fen,
             event_day=business_day(env.occurred_at),
-            source_topic=d.record.topic,
-            source_partition=d.record.partition,
-            source_offset=d.record.offset,
-            event_json=(d.record.value or b"{}").decode(),
-            outcome_id=outcome_event_id(env.event_id),
-            outcome_payload=self._outcome_payload(d),
-            from_status=d.from_status,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            event_json=(record.value or b"{}").decode(),
+            outcome_id=outcome["event_id"],
+            outcome_payload=orjson.dumps(outcome),
+            from_status=from_status,
         )
-
-    def _outcome_payload(self, d: _Decided) -> bytes:
-        return orjson.dumps(outcome_event(d.event, d.decision, decided_at=datetime.now(UTC)))
 
     # ------------------------------------------------------------------ publish
     def _publish(self, decided: Sequence[_Decided], dead: Sequence[DeadLetter]) -> None:
@@ -232,7 +227,6 @@ class Pipeline:
                 d.row.outcome_payload,
             )
             for d in decided
-            if d.row is not None
         ]
         letters = [self._dead_letter_message(letter) for letter in dead]
         self._retry.call(lambda: self._publisher.publish([*letters, *outcomes]), "publish")
@@ -319,31 +313,3 @@ def _history_keys(parsed: Sequence[tuple[SourceRecord, Event, Policy]]) -> Histo
         order_ids=sorted({env.order_id for env in envs}),
         buyer_days=sorted({(env.buyer_id, business_day(env.occurred_at)) for env in envs}),
     )
-
-
-def _order_history(stored: StoredHistory, event: Event) -> OrderHistory:
-    env = event.envelope
-    return OrderHistory(
-        payment_attempts=stored.payment_attempts.get(env.order_id, 0),
-        buyer_refunds_today=stored.buyer_refunds.get(
-            (env.buyer_id, business_day(env.occurred_at)), 0
-        ),
-        compensation_granted=(env.order_id, str(env.event_type)) in stored.compensated,
-        recovery_right_revoked=env.order_id in stored.revoked_orders,
-    )
-
-
-def _advance(stored: StoredHistory, event: Event, decision: Decision) -> None:
-    """What the next event of the same order (or buyer) in this batch must see of this one."""
-    env = event.envelope
-    key = (env.order_id, str(env.event_type))
-    stored.case_status[key] = str(decision.outcome)
-    if str(env.event_type) == "payment-timeout":
-        stored.payment_attempts[env.order_id] = stored.payment_attempts.get(env.order_id, 0) + 1
-    if decision.compensation is not None:
-        stored.compensated.add(key)
-        if str(decision.compensation.kind) == "refund":
-            day_key = (env.buyer_id, business_day(env.occurred_at))
-            stored.buyer_refunds[day_key] = stored.buyer_refunds.get(day_key, 0) + 1
-    if "forged_logistics" in {str(f) for f in decision.risk_flags}:
-        stored.revoked_orders.add(env.order_id)

@@ -131,14 +131,18 @@ class Workers:
         return worker.wait_ready()
 
 
+def _worker_group(settings: Settings, log_dir: Path, runtime: str) -> Iterator[Workers]:
+    group = Workers(settings, log_dir, runtime)
+    yield group
+    for worker in group.started:
+        worker.stop()
+
+
 @pytest.fixture(params=["faust", "confluent"])
 def workers(
     request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
 ) -> Iterator[Workers]:
-    group = Workers(settings, tmp_path, request.param)
-    yield group
-    for worker in group.started:
-        worker.stop()
+    yield from _worker_group(settings, tmp_path, request.param)
 
 
 def test_mixed_feed_is_decided_exactly_once_and_measured(
@@ -363,10 +367,7 @@ def test_a_bug_outside_any_event_stops_the_worker_without_skipping_the_batch(
 
 @pytest.fixture
 def confluent_workers(settings: Settings, tmp_path: Path) -> Iterator[Workers]:
-    group = Workers(settings, tmp_path, "confluent")
-    yield group
-    for worker in group.started:
-        worker.stop()
+    yield from _worker_group(settings, tmp_path, "confluent")
 
 
 def test_an_outage_longer_than_the_poll_interval_keeps_the_group(

@@ -17,13 +17,12 @@ from typing import Any
 
 import psycopg
 
-from order_recovery.adapters.postgres.store import StoredHistory
 from order_recovery.domain.contract import event_from_dict
 from order_recovery.domain.errors import InvalidEvent
 from order_recovery.domain.policy import Policy
 from order_recovery.domain.rules import decide
 from order_recovery.ops.output import Advance
-from order_recovery.pipeline import _advance, _order_history
+from order_recovery.stored_history import StoredHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +166,8 @@ def simulate(
         if policy is None:
             result.not_decidable[f"no policy for {row.platform}"] += row.compared
             continue
-        decision = decide(event, _order_history(history, event), policy)
-        _advance(history, event, decision)
+        decision = decide(event, history.order_history(event), policy)
+        history.advance(event, decision)
         if not row.compared:
             continue
         comp = decision.compensation

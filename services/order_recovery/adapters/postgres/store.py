@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
@@ -21,24 +21,14 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from order_recovery.stored_history import StoredHistory
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryKeys:
     event_ids: list[str]
     order_ids: list[str]
     buyer_days: list[tuple[str, date]]
-
-
-@dataclass(slots=True)
-class StoredHistory:
-    """What the store knew before this batch; the pipeline advances it as it decides in order."""
-
-    decided_event_ids: set[str] = field(default_factory=set)
-    case_status: dict[tuple[str, str], str] = field(default_factory=dict)
-    compensated: set[tuple[str, str]] = field(default_factory=set)
-    buyer_refunds: dict[tuple[str, date], int] = field(default_factory=dict)
-    payment_attempts: dict[str, int] = field(default_factory=dict)
-    revoked_orders: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
