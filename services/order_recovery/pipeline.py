@@ -2,11 +2,19 @@
 persisted and published, and the answer "acknowledge all of these" out.
 
 decode -> validate -> load history -> decide -> persist -> publish, then the runtime acks. Offsets
-may only be committed after `process` returns: by then every valid event's decision is committed in
-Postgres, every outcome and dead letter is on the broker. Transient faults are retried inside
-`process` for as long as they last (the partition waits); permanent per-event faults go to the
+may only be committed once a batch's BatchResult is returned: by then every valid event's decision
+is committed in Postgres, every outcome and dead letter is on the broker. Transient faults are
+retried for as long as they last (the partition waits); permanent per-event faults go to the
 record's dead-letter topic and the batch carries on. Anything else is a bug and propagates: the
 runtime must then stop without acknowledging the batch.
+
+Two ways to drive it. `process` takes one batch all the way through. `submit` overlaps batches:
+batch N is written and published on a background thread while the caller's thread decodes and
+decides batch N+1, so Postgres and Kafka work on one core while the rules run on the other. N+1 is
+decided on a history that counts N's decisions exactly once (see `PostgresStore.load_history`),
+and is only written after N turned out exactly as it was decided; if N did not (its write failed
+and was redone, or a concurrent worker had written part of it), N+1 is decided again from scratch.
+Either way a batch's result is handed back only after its own write and publish, and in order.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,7 +36,7 @@ from order_recovery.adapters.postgres.store import (
     HistoryKeys,
     PostgresStore,
 )
-from order_recovery.adapters.retry import RetryPolicy
+from order_recovery.adapters.retry import RetryPolicy, transient_cause
 from order_recovery.config import Settings
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.decision import Decision, Outcome
@@ -92,6 +101,35 @@ class _Decided:
     row: DecisionRow
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A batch between its decisions and its result."""
+
+    records: Sequence[SourceRecord]
+    parsed: list[tuple[SourceRecord, Event, Policy]]
+    dead: list[DeadLetter]
+    started: float
+    decided: list[_Decided] = field(default_factory=list)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    # Written by the background thread: the decisions this batch inserted.
+    written: Future[list[_Decided]] | None = None
+    # True once the batch was written exactly as decided (what a successor may build on).
+    as_decided: bool = False
+
+    def forget_decisions(self) -> None:
+        """Before deciding again: only the decode's verdicts stand."""
+        self.decided, self.duplicates = [], Counter()
+        self.dead = [d for d in self.dead if d.error_class != RULE_ERROR]
+
+
+class _Unpublished(Exception):
+    """The write committed but the publish failed: only the publish is to be retried."""
+
+    def __init__(self, fresh: list[_Decided], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.fresh, self.cause = fresh, cause
+
+
 class Pipeline:
     def __init__(
         self,
@@ -102,6 +140,7 @@ class Pipeline:
         metrics: WorkerMetrics,
         retry: RetryPolicy,
         mark_published: Callable[[list[str]], None] | None = None,
+        reader: PostgresStore | None = None,
     ) -> None:
         self._settings = settings
         self._policies = policies
@@ -112,77 +151,149 @@ class Pipeline:
         # The worker marks published outbox rows in the background (OutboxMarker); without one,
         # the mark is a transaction of its own right here.
         self._mark_published = mark_published or self._mark_now
+        # History reads for batch N+1 while N is written need a connection of their own;
+        # without one, `submit` finishes N before deciding N+1.
+        self._reader = reader
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipeline-writer")
+        self._in_flight: _Batch | None = None
 
-    # ------------------------------------------------------------------ the batch
+    # ------------------------------------------------------------------ driving it
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
-        started = time.perf_counter()
-        parsed, dead = self._decode(records)
-        decided, rule_failures, duplicates = self._retry.call(
-            lambda: self._decide_and_persist(parsed), "persist batch"
-        )
-        dead.extend(rule_failures)
-        self._publish(decided, dead)
-        self._observe(records, decided, dead, duplicates, time.perf_counter() - started)
-        commit: dict[tuple[str, int], int] = {}
-        for r in records:
-            tp = (r.topic, r.partition)
-            commit[tp] = max(commit.get(tp, 0), r.offset + 1)
-        return BatchResult(
-            len(records), len(decided), sum(duplicates.values()), tuple(dead), commit
-        )
+        """One batch, start to finish."""
+        done = self.submit(records)
+        done += self.drain()
+        (result,) = done
+        return result
 
-    def _decode(
-        self, records: Sequence[SourceRecord]
-    ) -> tuple[list[tuple[SourceRecord, Event, Policy]], list[DeadLetter]]:
-        parsed: list[tuple[SourceRecord, Event, Policy]] = []
-        dead: list[DeadLetter] = []
+    def submit(self, records: Sequence[SourceRecord]) -> list[BatchResult]:
+        """Decide this batch and start writing it; return the results of earlier batches that
+        finished meanwhile (at most one), in order. Call `drain` when no batch follows."""
+        batch = self._decode(records)
+        prior = self._in_flight
+        decided_early = False
+        if prior is not None and self._reader is not None:
+            try:
+                self._decide(batch, self._reader, prior)
+                decided_early = True
+            except Exception as exc:  # a fault while reading: decide again once N is done
+                if transient_cause(exc) is None:
+                    raise
+        done = self.drain()
+        if not decided_early or not (prior is not None and prior.as_decided):
+            batch.forget_decisions()
+            self._retry.call(lambda: self._decide(batch, self._reader or self._store), "decide")
+        self._start_writing(batch)
+        self._in_flight = batch
+        return done
+
+    def drain(self) -> list[BatchResult]:
+        """Finish the batch being written, if any: its result, or nothing."""
+        batch, self._in_flight = self._in_flight, None
+        return [] if batch is None else [self._finish(batch)]
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ the stages
+    def _decode(self, records: Sequence[SourceRecord]) -> _Batch:
+        batch = _Batch(records, [], [], time.perf_counter())
         for record in records:
             try:
                 event = decode_event(record.value if record.value is not None else b"")
                 policy = policy_for(self._policies, event.envelope.platform)
             except InvalidEvent as exc:
-                dead.append(DeadLetter(record, exc.error_class, str(exc)))
+                batch.dead.append(DeadLetter(record, exc.error_class, str(exc)))
                 continue
-            parsed.append((record, event, policy))
-        return parsed, dead
+            batch.parsed.append((record, event, policy))
+        return batch
 
-    def _decide_and_persist(
-        self, parsed: Sequence[tuple[SourceRecord, Event, Policy]]
-    ) -> tuple[list[_Decided], list[DeadLetter], Counter[str]]:
-        """One unit of work, retried whole: history is re-read on every attempt so a decision
-        never rests on a snapshot older than the transaction that records it."""
-        duplicates: Counter[str] = Counter()
-        if not parsed:
-            return [], [], duplicates
-        stored = self._store.load_history(_history_keys(parsed))
-        decided: list[_Decided] = []
-        failures: list[DeadLetter] = []
+    def _decide(self, batch: _Batch, store: PostgresStore, prior: _Batch | None = None) -> None:
+        """Decide every event of the batch in order on its stored history (and `prior`'s
+        decisions, whether or not their write has committed yet). Pure apart from the read:
+        redoing it is always safe."""
+        if not batch.parsed:
+            return
+        pending = [] if prior is None else [(d.event, d.decision) for d in prior.decided]
+        stored = store.load_history(_history_keys(batch.parsed), pending)
         seen: set[str] = set()
-        for record, event, policy in parsed:
+        for record, event, policy in batch.parsed:
             env = event.envelope
             if env.event_id in stored.decided_event_ids or env.event_id in seen:
-                duplicates[str(env.event_type)] += 1
+                batch.duplicates[str(env.event_type)] += 1
                 continue
             seen.add(env.event_id)
             try:
                 decision = decide(event, stored.order_history(event), policy)
             except Exception as exc:  # a rule that raises is this event's fault, not the batch's
                 log.exception("rule failed for event %s", env.event_id)
-                failures.append(DeadLetter(record, RULE_ERROR, f"{type(exc).__name__}: {exc}"))
+                batch.dead.append(DeadLetter(record, RULE_ERROR, f"{type(exc).__name__}: {exc}"))
                 continue
             from_status = stored.case_status.get((env.order_id, str(env.event_type)))
             row = self._row(record, event, decision, from_status)
-            decided.append(_Decided(record, event, decision, row))
+            batch.decided.append(_Decided(record, event, decision, row))
             stored.advance(event, decision)
-        inserted = set(self._store.save_decisions([d.row for d in decided]))
+
+    def _start_writing(self, batch: _Batch) -> None:
+        batch.written = self._writer.submit(self._write_and_publish, batch)
+
+    def _write_and_publish(self, batch: _Batch) -> list[_Decided]:
+        """On the writer thread, one attempt: the caller's thread owns retries (they must keep
+        the consumer polling, which only that thread may do)."""
+        fresh = self._write(batch)
+        try:
+            self._publish(fresh, batch.dead)
+        except Exception as exc:
+            raise _Unpublished(fresh, exc) from exc
+        return fresh
+
+    def _write(self, batch: _Batch) -> list[_Decided]:
+        inserted = set(self._store.save_decisions([d.row for d in batch.decided]))
         self._metrics.pg_transaction_seconds.observe(self._store.last_transaction_s)
-        fresh = []
-        for d in decided:
-            if d.event.envelope.event_id in inserted:
-                fresh.append(d)
-            else:  # decided meanwhile by another worker (a rebalance overlap)
-                duplicates[str(d.event.envelope.event_type)] += 1
-        return fresh, failures, duplicates
+        return [d for d in batch.decided if d.event.envelope.event_id in inserted]
+
+    def _finish(self, batch: _Batch) -> BatchResult:
+        assert batch.written is not None
+        try:
+            fresh = batch.written.result()
+            batch.as_decided = len(fresh) == len(batch.decided)
+        except _Unpublished as unpublished:
+            if transient_cause(unpublished.cause) is None:
+                raise unpublished.cause from None
+            fresh = unpublished.fresh
+            batch.as_decided = len(fresh) == len(batch.decided)
+            self._retry.call(
+                lambda: self._publish(fresh, batch.dead), "publish", after=unpublished.cause
+            )
+        except Exception as exc:
+            if transient_cause(exc) is None:
+                raise
+            fresh = self._retry.call(lambda: self._redo(batch), "persist batch", after=exc)
+        inserted = {d.event.envelope.event_id for d in fresh}
+        for d in batch.decided:
+            if d.event.envelope.event_id not in inserted:  # another worker got there first
+                batch.duplicates[str(d.event.envelope.event_type)] += 1
+        self._mark_published([d.event.envelope.event_id for d in fresh])
+        self._observe(batch, fresh)
+        commit: dict[tuple[str, int], int] = {}
+        for r in batch.records:
+            tp = (r.topic, r.partition)
+            commit[tp] = max(commit.get(tp, 0), r.offset + 1)
+        return BatchResult(
+            len(batch.records),
+            len(fresh),
+            sum(batch.duplicates.values()),
+            tuple(batch.dead),
+            commit,
+        )
+
+    def _redo(self, batch: _Batch) -> list[_Decided]:
+        """After a failed attempt: decide again on a fresh read (the failed write may or may
+        not have committed), write, publish. Nothing else is in flight by now."""
+        batch.forget_decisions()
+        self._decide(batch, self._store)
+        fresh = self._write(batch)
+        self._retry.call(lambda: self._publish(fresh, batch.dead), "publish")
+        return fresh
 
     def _row(
         self, record: SourceRecord, event: Event, decision: Decision, from_status: str | None
@@ -229,9 +340,7 @@ class Pipeline:
             for d in decided
         ]
         letters = [self._dead_letter_message(letter) for letter in dead]
-        self._retry.call(lambda: self._publisher.publish([*letters, *outcomes]), "publish")
-        ids = [d.event.envelope.event_id for d in decided]
-        self._mark_published(ids)
+        self._publisher.publish([*letters, *outcomes])
 
     def _mark_now(self, event_ids: list[str]) -> None:
         self._retry.call(lambda: self._store.mark_published(event_ids), "mark outbox published")
@@ -256,14 +365,9 @@ class Pipeline:
         return OutgoingMessage(Settings.dlq_topic(r.topic), r.key, r.value, headers)
 
     # ------------------------------------------------------------------ metrics
-    def _observe(
-        self,
-        records: Sequence[SourceRecord],
-        decided: Sequence[_Decided],
-        dead: Sequence[DeadLetter],
-        duplicates: Counter[str],
-        elapsed_s: float,
-    ) -> None:
+    def _observe(self, batch: _Batch, decided: Sequence[_Decided]) -> None:
+        records, dead, duplicates = batch.records, batch.dead, batch.duplicates
+        elapsed_s = time.perf_counter() - batch.started
         m = self._metrics
         consumed = Counter(_event_type_of_topic(r.topic, self._settings) for r in records)
         for event_type, n in consumed.items():

@@ -31,6 +31,7 @@ class Worker:
         # Refuse to start on a bad policy file: better no worker than wrong money decisions.
         self.policies = load_policies(settings.policy_dir)
         self.store = PostgresStore(settings.database_url)
+        self.reader = PostgresStore(settings.database_url)  # history reads beside a write
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap_servers, f"order-recovery-{settings.worker_id}"
         )
@@ -44,6 +45,7 @@ class Worker:
             self.metrics,
             self.retry,
             mark_published=self.marker.mark,
+            reader=self.reader,
         )
         self.metrics.initialise(
             EXCEPTION_TYPES,
@@ -96,9 +98,11 @@ class Worker:
         self._update_ready()
         if self._http is not None:
             self._http.stop()
+        self.pipeline.close()
         self.publisher.close()
         self.marker.close()
         self.store.close()
+        self.reader.close()
 
     # ------------------------------------------------------------------ outbox relay
     def _relay_loop(self) -> None:

@@ -128,7 +128,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_headers(
 class StaleReadStore(PostgresStore):
     """A second worker whose history read happened before the first worker's commit."""
 
-    def load_history(self, keys: HistoryKeys) -> StoredHistory:
+    def load_history(self, keys: HistoryKeys, pending: object = ()) -> StoredHistory:
         return StoredHistory()
 
 

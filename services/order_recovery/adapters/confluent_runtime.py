@@ -3,8 +3,9 @@ the offsets the pipeline finished.
 
 librdkafka's traps and how this avoids them:
 - auto offset store would save offsets before they are processed: `enable.auto.offset.store` and
-  `enable.auto.commit` are off; offsets are committed explicitly after `Pipeline.process` returns,
-  i.e. after the Postgres commit and the broker's acknowledgement of outcomes and dead letters.
+  `enable.auto.commit` are off; a batch's offsets are committed explicitly once the pipeline hands
+  back its result (from `submit` of the next batch, or `drain`), i.e. after the Postgres commit
+  and the broker's acknowledgement of its outcomes and dead letters.
 - committing a partition that was revoked meanwhile errors: only partitions still assigned are
   committed; the rest will be re-read by their new owner and deduplicated by the decisions table.
 - processing longer than `max.poll.interval.ms` drops the consumer from its group: while a batch
@@ -76,6 +77,7 @@ class ConfluentRuntime:
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_refreshed = 0.0
         self._paused = False
+        self._exit_code = 0
         worker.retry.on_wait = self._keep_membership
 
     # ------------------------------------------------------------------ rebalance callbacks
@@ -125,25 +127,35 @@ class ConfluentRuntime:
                 messages = self._next_batch()
                 records = [_record(m) for m in messages if self._usable(m)]
                 self._refresh_lag()
-                if not records:
-                    continue
-                try:
-                    result = self.worker.pipeline.process(records)
-                except Exception as exc:
-                    if self.worker.stop.is_set() and transient_cause(exc):
-                        log.warning("stopping with an unfinished batch; it will be redelivered")
-                        return 0
-                    log.critical(
-                        "pipeline failed outside any single event; exiting without committing",
-                        exc_info=True,
-                    )
-                    return EXIT_BUG
-                finally:
-                    self._resume()
-                self._commit(result)
-            return 0
+                if not self._advance(records):
+                    return self._exit_code
+            # Stopping: finish the batch being written and commit it.
+            return 0 if self._advance([]) else self._exit_code
         finally:
             self.consumer.close()
+
+    def _advance(self, records: list[SourceRecord]) -> bool:
+        """Hand a batch to the pipeline (or, with none, finish the one being written) and commit
+        what finished. False when the worker must exit now, without committing."""
+        pipeline = self.worker.pipeline
+        try:
+            done = pipeline.submit(records) if records else pipeline.drain()
+        except Exception as exc:
+            if self.worker.stop.is_set() and transient_cause(exc):
+                log.warning("stopping with an unfinished batch; it will be redelivered")
+                self._exit_code = 0
+            else:
+                log.critical(
+                    "pipeline failed outside any single event; exiting without committing",
+                    exc_info=True,
+                )
+                self._exit_code = EXIT_BUG
+            return False
+        finally:
+            self._resume()
+        for result in done:
+            self._commit(result)
+        return True
 
     def _next_batch(self) -> list[Message]:
         """What is already fetched, up to a batch, without waiting; only an empty queue waits

@@ -71,10 +71,15 @@ class RetryPolicy:
             self.stop.wait(min(left, 1.0))
             self.on_wait()
 
-    def call(self, fn: Callable[[], T], what: str) -> T:
+    def call(self, fn: Callable[[], T], what: str, after: BaseException | None = None) -> T:
         """Run fn until it succeeds, retrying transient faults; re-raise anything else, and the
-        last fault when a stop is requested."""
+        last fault when a stop is requested. `after`: a transient fault of an attempt made
+        elsewhere (the pipeline's writer thread), counted and reported like one of ours."""
         failed = False
+        if after is not None:
+            failed = True
+            self._on_retry(transient_cause(after) or "unknown")
+            log.warning("%s failed (%s: %s); retrying", what, transient_cause(after), after)
 
         def before_sleep(state: RetryCallState) -> None:
             nonlocal failed

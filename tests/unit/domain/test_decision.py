@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from order_recovery.domain import (
     ActionType,
@@ -82,3 +85,11 @@ def test_empty_history_means_nothing_known():
     h = OrderHistory()
     assert (h.payment_attempts, h.buyer_refunds_today, h.compensation_granted) == (0, 0, False)
     assert h.merchant_dsr is None and not h.recovery_right_revoked
+
+
+@given(st.uuids().map(str) | st.text(max_size=80))
+def test_outcome_id_is_the_standard_uuid5_of_the_source_id(source_id):
+    """The hand-written uuid5 must equal the standard library's, or ids would change between
+    versions of the worker and consumers would stop deduplicating."""
+    namespace = uuid.UUID("6f0b9d0e-3c1a-5b7e-9a53-0d7c2f4e8b11")
+    assert outcome_event_id(source_id) == f"outcome-{uuid.uuid5(namespace, source_id)}"

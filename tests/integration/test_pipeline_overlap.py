@@ -1,0 +1,222 @@
+"""The overlapped pipeline (`submit`) against the real Postgres and Kafka: batch N+1 is decided
+while batch N is being written, and must decide exactly what one batch at a time would.
+
+The feed makes every batch depend on the one before it: each group of orders comes back in the
+next batch with new events of the same orders (payment attempts pile up, a second compensation is
+refused, buyers reach their refund limit), so a history that missed or double-counted the batch
+in flight would decide differently from the reference.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
+from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
+from order_recovery.adapters.retry import PublishFailed, RetryPolicy
+from order_recovery.config import Settings
+from order_recovery.domain.policy import load_policies
+from order_recovery.domain.sample import sample_events
+from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
+from order_recovery.stored_history import StoredHistory
+from tests.support.kafka_io import read_topic
+from tests.support.reference import expected_decisions
+
+GROUP = 20  # orders per batch
+ROUNDS = 4  # batches each group of orders appears in (the 4th crosses the 3-attempt limit)
+
+
+def dependent_feed(groups: int, seed: int) -> list[dict[str, Any]]:
+    """Batches of GROUP events; the ROUNDS-1 batches after each come back to the same orders
+    with new events a few minutes later."""
+    unique = {e["event_id"]: e for e in sample_events(2 * groups * GROUP, seed=seed)}
+    base = list(unique.values())[: groups * GROUP]
+    feed: list[dict[str, Any]] = []
+    for g in range(0, len(base), GROUP):
+        for round_ in range(ROUNDS):
+            for event in base[g : g + GROUP]:
+                later = datetime.fromisoformat(event["occurred_at"]) + timedelta(minutes=round_)
+                feed.append(
+                    {
+                        **event,
+                        "event_id": str(
+                            uuid.uuid5(uuid.NAMESPACE_OID, f"{event['event_id']}/{round_}")
+                        ),
+                        "occurred_at": later.isoformat(),
+                    }
+                )
+    return feed
+
+
+def records(settings: Settings, events: list[dict[str, Any]]) -> list[SourceRecord]:
+    return [
+        SourceRecord(
+            settings.source_topic(e["event_type"]), 0, i, e["order_id"].encode(), orjson.dumps(e)
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+class SlowWriter(PostgresStore):
+    """Holds every write back a little, so the next batch is decided before this one commits."""
+
+    def __init__(self, dsn: str, delay_s: float = 0.15, fail_first: int = 0) -> None:
+        super().__init__(dsn)
+        self.delay_s, self.fail_first, self.writes = delay_s, fail_first, 0
+
+    def save_decisions(self, rows: Sequence[DecisionRow]) -> list[str]:
+        self.writes += 1
+        time.sleep(self.delay_s)
+        if self.writes <= self.fail_first:
+            raise psycopg.OperationalError("simulated: connection lost before the write")
+        return super().save_decisions(rows)
+
+
+class LateReader(PostgresStore):
+    """Reads only after the batch in flight has surely committed."""
+
+    def load_history(self, keys: HistoryKeys, pending: Any = ()) -> StoredHistory:
+        time.sleep(0.3)
+        return super().load_history(keys, pending)
+
+
+class FlakyPublisher(KafkaPublisher):
+    def __init__(self, bootstrap: str, fail_first: int) -> None:
+        super().__init__(bootstrap, "test-flaky")
+        self.fail_first, self.calls = fail_first, 0
+
+    def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise PublishFailed("simulated: broker did not acknowledge")
+        super().publish(messages)
+
+
+@pytest.fixture
+def build(settings: Settings) -> Iterator[Callable[..., Pipeline]]:
+    opened: list[PostgresStore] = []
+
+    def make(
+        writer: PostgresStore | None = None,
+        reader: PostgresStore | None = None,
+        publisher: KafkaPublisher | None = None,
+    ) -> Pipeline:
+        writer = writer or PostgresStore(settings.database_url)
+        reader = reader or PostgresStore(settings.database_url)
+        opened.extend([writer, reader])
+        return Pipeline(
+            settings,
+            load_policies(),
+            writer,
+            publisher or KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
+            WorkerMetrics(),
+            RetryPolicy(threading.Event(), initial_s=0.01),
+            reader=reader,
+        )
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def run_overlapped(pipeline: Pipeline, recs: list[SourceRecord]) -> list[BatchResult]:
+    results: list[BatchResult] = []
+    for start in range(0, len(recs), GROUP):
+        results += pipeline.submit(recs[start : start + GROUP])
+    results += pipeline.drain()
+    pipeline.close()
+    return results
+
+
+def assert_decided_like_the_reference(settings: Settings, events: list[dict[str, Any]]) -> None:
+    expected = expected_decisions(events)
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT event_id::text, outcome, rule_ids FROM decisions").fetchall()
+        comp = conn.execute("SELECT event_id::text, kind, amount_fen FROM compensations").fetchall()
+    assert {r[0]: (r[1], tuple(r[2])) for r in rows} == {
+        k: (str(d.outcome), d.rule_ids) for k, d in expected.items()
+    }
+    assert {r[0]: (r[1], r[2]) for r in comp} == {
+        k: (str(d.compensation.kind), d.compensation.amount_fen)
+        for k, d in expected.items()
+        if d.compensation is not None
+    }
+
+
+def assert_results_in_order(results: list[BatchResult], batches: int, decided: int) -> None:
+    assert len(results) == batches
+    offsets = [max(r.commit_offsets.values()) for r in results]
+    assert offsets == sorted(offsets) and offsets[-1] == batches * GROUP
+    assert sum(r.decided for r in results) == decided
+
+
+def test_the_feed_really_depends_on_the_batch_before() -> None:
+    """Guards the feed itself: deciding each batch without the one before must differ."""
+    events = dependent_feed(6, seed=31)
+    together = expected_decisions(events)
+    alone: dict[str, Any] = {}
+    for start in range(0, len(events), GROUP):
+        alone.update(expected_decisions(events[start : start + GROUP]))
+    changed = [k for k in together if together[k].rule_ids != alone[k].rule_ids]
+    assert len(changed) >= GROUP // 2
+
+
+def test_the_next_batch_counts_the_one_in_flight_exactly_once(
+    settings: Settings, build: Callable[..., Pipeline]
+) -> None:
+    events = dependent_feed(6, seed=31)
+    pipeline = build(writer=SlowWriter(settings.database_url))
+    results = run_overlapped(pipeline, records(settings, events))
+    assert_results_in_order(results, len(events) // GROUP, len(events))
+    assert_decided_like_the_reference(settings, events)
+
+
+def test_a_batch_in_flight_that_committed_before_the_read_is_not_counted_twice(
+    settings: Settings, build: Callable[..., Pipeline]
+) -> None:
+    events = dependent_feed(4, seed=32)
+    pipeline = build(reader=LateReader(settings.database_url))
+    run_overlapped(pipeline, records(settings, events))
+    assert_decided_like_the_reference(settings, events)
+
+
+def test_a_failed_write_is_redone_and_the_batch_after_it_decided_again(
+    settings: Settings, build: Callable[..., Pipeline]
+) -> None:
+    events = dependent_feed(4, seed=33)
+    writer = SlowWriter(settings.database_url, fail_first=2)
+    pipeline = build(writer=writer)
+    results = run_overlapped(pipeline, records(settings, events))
+    assert writer.writes >= len(results) + 2
+    assert_results_in_order(results, len(events) // GROUP, len(events))
+    assert_decided_like_the_reference(settings, events)
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    assert sorted(orjson.loads(m.value())["source_event_id"] for m in outcomes) == sorted(
+        e["event_id"] for e in events
+    )
+
+
+def test_a_failed_publish_is_retried_alone(
+    settings: Settings, build: Callable[..., Pipeline]
+) -> None:
+    events = dependent_feed(3, seed=34)
+    publisher = FlakyPublisher(settings.kafka_bootstrap_servers, fail_first=1)
+    writer = SlowWriter(settings.database_url, delay_s=0.05)
+    pipeline = build(writer=writer, publisher=publisher)
+    results = run_overlapped(pipeline, records(settings, events))
+    assert writer.writes == len(results), "a failed publish must not redo the write"
+    assert_decided_like_the_reference(settings, events)
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    assert sorted(orjson.loads(m.value())["source_event_id"] for m in outcomes) == sorted(
+        e["event_id"] for e in events
+    )
