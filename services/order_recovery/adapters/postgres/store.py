@@ -192,25 +192,29 @@ class PostgresStore:
         self, keys: HistoryKeys, pending: Sequence[tuple[Event, Decision]]
     ) -> StoredHistory:
         conn = self._connection()
+        # Array parameters go in binary (%b): psycopg's text-format list dumper checks every
+        # element with a regex, which made parameter dumping most of this read. (Never pass an
+        # array as a text literal with a cast: text -> text[] is not constant-folded, and
+        # Postgres then parses the whole literal again for every row it scans.)
         buyers = [b for b, _ in keys.buyer_days]
         days = [d for _, d in keys.buyer_days]
         queries: list[tuple[str, tuple[Any, ...]]] = [
             (
-                "SELECT event_id::text FROM decisions WHERE event_id = ANY(%s::uuid[])",
+                "SELECT event_id::text FROM decisions WHERE event_id = ANY(%b::uuid[])",
                 (keys.event_ids,),
             ),
             (
                 "SELECT order_id, exception_type, status FROM recovery_cases"
-                " WHERE order_id = ANY(%s)",
+                " WHERE order_id = ANY(%b)",
                 (keys.order_ids,),
             ),
             (
-                "SELECT order_id, exception_type FROM compensations WHERE order_id = ANY(%s)",
+                "SELECT order_id, exception_type FROM compensations WHERE order_id = ANY(%b)",
                 (keys.order_ids,),
             ),
             (
                 """SELECT c.buyer_id, c.event_day, count(*) FROM compensations c
-                JOIN unnest(%s::text[], %s::date[]) AS k(buyer_id, event_day)
+                JOIN unnest(%b::text[], %b::date[]) AS k(buyer_id, event_day)
                   ON c.buyer_id = k.buyer_id AND c.event_day = k.event_day
                 WHERE c.kind = 'refund' GROUP BY 1, 2""",
                 (buyers, days),
@@ -218,7 +222,7 @@ class PostgresStore:
             (
                 """SELECT order_id, count(*) FILTER (WHERE exception_type = 'payment-timeout'),
                        bool_or('forged_logistics' = ANY(risk_flags))
-                FROM decisions WHERE order_id = ANY(%s) GROUP BY order_id""",
+                FROM decisions WHERE order_id = ANY(%b) GROUP BY order_id""",
                 (keys.order_ids,),
             ),
         ]
@@ -291,7 +295,7 @@ class PostgresStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
                     "UPDATE outbox SET published_at = now()"
-                    " WHERE event_id = ANY(%s::uuid[]) AND published_at IS NULL",
+                    " WHERE event_id = ANY(%b::uuid[]) AND published_at IS NULL",
                     (list(event_ids),),
                 )
         except psycopg.Error:
