@@ -192,15 +192,16 @@ class PostgresStore:
         self, keys: HistoryKeys, pending: Sequence[tuple[Event, Decision]]
     ) -> StoredHistory:
         conn = self._connection()
-        # Array parameters go in binary (%b): psycopg's text-format list dumper checks every
-        # element with a regex, which made parameter dumping most of this read. (Never pass an
-        # array as a text literal with a cast: text -> text[] is not constant-folded, and
-        # Postgres then parses the whole literal again for every row it scans.)
+        # Arrays of text and dates go in binary (%b): psycopg's text-format list dumper checks
+        # every element with a regex, which made parameter dumping most of this read. Event ids
+        # stay text-format (%s): a binary list of str is a text[], and a text[] or text cast to
+        # uuid[] is not constant-folded, so Postgres would convert the whole array again for
+        # every row it scans (measured: a 2,000-row outbox mark went from 16 ms to 300 ms).
         buyers = [b for b, _ in keys.buyer_days]
         days = [d for _, d in keys.buyer_days]
         queries: list[tuple[str, tuple[Any, ...]]] = [
             (
-                "SELECT event_id::text FROM decisions WHERE event_id = ANY(%b::uuid[])",
+                "SELECT event_id::text FROM decisions WHERE event_id = ANY(%s::uuid[])",
                 (keys.event_ids,),
             ),
             (
@@ -295,7 +296,7 @@ class PostgresStore:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
                     "UPDATE outbox SET published_at = now()"
-                    " WHERE event_id = ANY(%b::uuid[]) AND published_at IS NULL",
+                    " WHERE event_id = ANY(%s::uuid[]) AND published_at IS NULL",
                     (list(event_ids),),
                 )
         except psycopg.Error:
