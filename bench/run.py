@@ -7,6 +7,9 @@ One run, one broker, one topic set, N preloaded events (default 200,000 from the
   worker   each runtime, end to end: every event decided in Postgres, every outcome published
   latency  produce -> decision committed (Postgres commit timestamp), at half the measured maximum
   scaling  two worker processes against one, same topic (6 partitions)
+  CPU      during each worker run: the worker's CPU per decision, everything else's (Kafka,
+           Postgres, this script), and how busy the machine's cores were; the figures that say
+           whether a ratio is bound by the worker's code or by the cores it shares
 Each measurement is repeated (default 3) and the medians are reported, with the ratios that matter
 (worker / floor B, faust worker / floor C) computed within the run. Machines are shared and noisy:
 quote the ratios, not a lone absolute figure.
@@ -27,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,38 +264,104 @@ class WorkerRun:
             self.proc.kill()
 
 
-def _progress(dsn: str) -> tuple[int, int]:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
+class Progress:
+    """Polls the worker's database for completion, twice a second on one connection: the
+    benchmark shares the worker's cores, so it must not spend them watching (a fresh connection
+    and a count every 50 ms cost Postgres a third of a core)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.conn = psycopg.connect(dsn, autocommit=True)
+
+    def counts(self) -> tuple[int, int]:
+        row = self.conn.execute(
             "SELECT (SELECT count(*) FROM decisions),"
             " (SELECT count(*) FROM outbox WHERE published_at IS NULL)"
         ).fetchone()
-    assert row is not None
-    return int(row[0]), int(row[1])
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def rate(self) -> float:
+        """Decisions per second between the first batch's transaction and the last outcome
+        marked published, from the database's own clock: precise whatever the poll interval.
+        The first batch itself is left out (its start is not a transaction time)."""
+        row = self.conn.execute(
+            """WITH t AS (SELECT min(decided_at) AS t0 FROM decisions)
+               SELECT (SELECT count(*) FROM decisions, t WHERE decided_at > t.t0),
+                      extract(epoch FROM (SELECT max(published_at) FROM outbox) - t.t0)
+               FROM t"""
+        ).fetchone()
+        assert row is not None
+        return int(row[0]) / float(row[1])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Clock ticks: the whole machine's busy and total time (/proc/stat), and the workers'."""
+
+    busy: int
+    total: int
+    workers: int
+
+    @classmethod
+    def take(cls, pids: list[int]) -> CpuSample:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        workers = 0
+        for pid in pids:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            workers += int(stat[11]) + int(stat[12])  # utime + stime
+        return cls(sum(fields) - idle, sum(fields), workers)
+
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    rate: float
+    peak_rss_mb: float
+    # CPU per decision, in microseconds: the worker processes, and everything else on the
+    # machine (Kafka, Postgres, this script); and how busy the machine's cores were.
+    worker_cpu_us: float
+    other_cpu_us: float
+    machine_busy_pct: float
 
 
 def worker_rate(
     settings: Settings, dsn: str, runtime: str, decisions: int, processes: int = 1
-) -> tuple[float, float]:
+) -> WorkerFigures:
     """Decisions per second from the first decision to the last one committed with every outcome
-    published; and the largest peak RSS of the worker processes."""
+    published; the largest peak RSS of the worker processes; where the CPU went meanwhile."""
     runs = [WorkerRun(settings, dsn, runtime, f"bench-{runtime}-{i}") for i in range(processes)]
+    pids = [r.proc.pid for r in runs]
+    progress = Progress(dsn)
     try:
-        first_at, first_n = 0.0, 0
         deadline = time.monotonic() + 900
+        first: tuple[CpuSample, int] | None = None
         while True:
-            done, unpublished = _progress(dsn)
-            now = time.perf_counter()
-            if done and not first_at:
-                first_at, first_n = now, done
+            done, unpublished = progress.counts()
+            if done and first is None:
+                first = (CpuSample.take(pids), done)
             if done >= decisions and unpublished == 0:
                 break
             if time.monotonic() > deadline or any(r.proc.poll() is not None for r in runs):
                 raise RuntimeError(f"{runtime} worker stopped or stalled at {done}/{decisions}")
-            time.sleep(0.05)
-        rss = max(r.peak_rss_mb() for r in runs)
-        return (done - first_n) / (now - first_at), rss
+            time.sleep(0.5)
+        last = CpuSample.take(pids)
+        assert first is not None
+        start, counted = first
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        n = max(1, done - counted)
+        worker_ticks = last.workers - start.workers
+        return WorkerFigures(
+            rate=progress.rate(),
+            peak_rss_mb=max(r.peak_rss_mb() for r in runs),
+            worker_cpu_us=worker_ticks * tick_us / n,
+            other_cpu_us=(last.busy - start.busy - worker_ticks) * tick_us / n,
+            machine_busy_pct=100 * (last.busy - start.busy) / max(1, last.total - start.total),
+        )
     finally:
+        progress.close()
         for r in runs:
             r.stop()
 
@@ -309,24 +378,34 @@ def latency(
     try:
         time.sleep(5)  # joined and assigned before the clock starts
         events = sample_events(int(rate * seconds), seed=99, duplicate_pct=0)
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers, "linger.ms": 0})
+        # librdkafka's default linger (5 ms), as an upstream producer would run it; the record
+        # timestamp is taken at produce(), so the linger counts against our latency.
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
         started = time.perf_counter()
-        for i, event in enumerate(events):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            producer.produce(
-                settings.source_topic(event["event_type"]),
-                key=event["order_id"].encode(),
-                value=orjson.dumps(event),
-            )
+        sent = 0
+        while sent < len(events):
+            # Everything due by now, then a millisecond's sleep: the offered load stays exact
+            # without a sleep call per event eating the cores the worker runs on.
+            due = min(len(events), int((time.perf_counter() - started) * rate) + 1)
+            for event in events[sent:due]:
+                producer.produce(
+                    settings.source_topic(event["event_type"]),
+                    key=event["order_id"].encode(),
+                    value=orjson.dumps(event),
+                )
+            sent = due
             producer.poll(0)
+            time.sleep(0.001)
         producer.flush(30)
         deadline = time.monotonic() + 120
-        while _progress(dsn) != (len(events), 0):
-            if time.monotonic() > deadline:
-                raise RuntimeError("latency run did not drain")
-            time.sleep(0.2)
+        progress = Progress(dsn)
+        try:
+            while progress.counts() != (len(events), 0):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("latency run did not drain")
+                time.sleep(0.5)
+        finally:
+            progress.close()
         produced_at = _produce_timestamps(settings)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
@@ -401,6 +480,11 @@ def main() -> int:
             "worker_faust_rps",
             "two_workers_rps",
             "worker_peak_rss_mb",
+            *(
+                f"worker_{runtime}_{figure}"
+                for runtime in ("confluent", "faust")
+                for figure in ("cpu_us_per_event", "other_cpu_us_per_event", "machine_busy_pct")
+            ),
         )
     }
     try:
@@ -416,15 +500,18 @@ def main() -> int:
                 group = replace(
                     settings, consumer_group=f"{settings.consumer_group}-{runtime}{rep}"
                 )
-                rate, rss = worker_rate(group, dsn, runtime, decisions)
-                samples[f"worker_{runtime}_rps"].append(rate)
-                samples["worker_peak_rss_mb"].append(rss)
+                figures = worker_rate(group, dsn, runtime, decisions)
+                samples[f"worker_{runtime}_rps"].append(figures.rate)
+                samples["worker_peak_rss_mb"].append(figures.peak_rss_mb)
+                samples[f"worker_{runtime}_cpu_us_per_event"].append(figures.worker_cpu_us)
+                samples[f"worker_{runtime}_other_cpu_us_per_event"].append(figures.other_cpu_us)
+                samples[f"worker_{runtime}_machine_busy_pct"].append(figures.machine_busy_pct)
                 drop_database(admin_url, dsn)
             dsn = fresh_database(admin_url)
             group = replace(settings, consumer_group=f"{settings.consumer_group}-two{rep}")
-            two, rss = worker_rate(group, dsn, "confluent", decisions, processes=2)
-            samples["two_workers_rps"].append(two)
-            samples["worker_peak_rss_mb"].append(rss)
+            two = worker_rate(group, dsn, "confluent", decisions, processes=2)
+            samples["two_workers_rps"].append(two.rate)
+            samples["worker_peak_rss_mb"].append(two.peak_rss_mb)
             drop_database(admin_url, dsn)
             log("  " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in samples.items() if v))
     finally:
@@ -488,6 +575,15 @@ def print_table(r: dict[str, Any]) -> None:
         ("p99 latency", f"{r['p99_latency_ms']:>10.1f} ms"),
         ("worker peak RSS", f"{r['worker_peak_rss_mb']:>10.1f} MB"),
     ]
+    for runtime in ("confluent", "faust"):
+        rows.append(
+            (
+                f"CPU per decision, {runtime}: worker / Kafka+Postgres+rest, cores busy",
+                f"{r[f'worker_{runtime}_cpu_us_per_event']:>6.0f} / "
+                f"{r[f'worker_{runtime}_other_cpu_us_per_event']:.0f} us, "
+                f"{r[f'worker_{runtime}_machine_busy_pct']:.0f}%",
+            )
+        )
     for key, (p50, p99) in ((k, v) for k, v in r.items() if k.startswith("latency_at_")):
         rate = key.removeprefix("latency_at_").removesuffix("_rps_ms")
         rows.append((f"p50 / p99 latency at a fixed {rate}/s", f"{p50:>6.1f} / {p99:.1f} ms"))
