@@ -154,7 +154,13 @@ class PostgresStore:
         if self._conn is None or self._conn.closed or self._conn.broken:
             if self._conn is not None:
                 self._conn.close()
-            conn = psycopg.connect(self._dsn, connect_timeout=5, autocommit=True)
+            # No server-side prepared statements: Postgres's generic plan for `= ANY($1)` on a
+            # young table is a sequential scan testing every row against the whole array
+            # (seconds per batch once the table grows); a custom plan per batch sees the array
+            # and hashes it or uses the index. Planning these few statements costs ~1 ms.
+            conn = psycopg.connect(
+                self._dsn, connect_timeout=5, autocommit=True, prepare_threshold=None
+            )
             conn.execute(CREATE_STAGE)
             conn.autocommit = False
             self._conn = conn
