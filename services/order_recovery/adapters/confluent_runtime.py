@@ -1,5 +1,5 @@
-"""The confluent-kafka runtime: batch consume, the pipeline, then a synchronous commit of exactly
-the offsets the pipeline finished.
+"""The confluent-kafka runtime: batch consume, the pipeline (batches overlapped: see
+`Pipeline.submit`), then a commit of exactly the offsets the pipeline finished.
 
 librdkafka's traps and how this avoids them:
 - auto offset store would save offsets before they are processed: `enable.auto.offset.store` and
@@ -189,34 +189,31 @@ class ConfluentRuntime:
         """Asynchronous: a commit lost in a crash only means a redelivery, which the decisions
         table absorbs, and waiting for the broker after every batch cost 7% of the main thread.
         Failures are logged by `_on_commit`."""
-        offsets = [
-            TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in result.commit_offsets.items()
-            if (topic, partition) in self._assigned
-        ]
-        if offsets:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                # Revoked between the check and the commit: the new owner re-reads and dedups.
-                log.warning("commit of %d partition(s) failed: %s", len(offsets), exc)
-        for tp in offsets:
+        for tp in self._commit_assigned(result.commit_offsets, asynchronous=True):
             self._committed[(tp.topic, tp.partition)] = tp.offset
         self._refresh_lag(force=True)
 
     def _commit_finished(self) -> None:
         """On the way out: every finished offset of a partition still ours, synchronously, so a
         clean stop leaves nothing decided uncommitted."""
+        self._commit_assigned(self._committed, asynchronous=False)
+
+    def _commit_assigned(
+        self, finished: dict[tuple[str, int], int], asynchronous: bool
+    ) -> list[TopicPartition]:
+        """Commit the offsets of partitions still assigned; return them."""
         offsets = [
             TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in self._committed.items()
+            for (topic, partition), offset in finished.items()
             if (topic, partition) in self._assigned
         ]
         if offsets:
             try:
-                self.consumer.commit(offsets=offsets, asynchronous=False)
+                self.consumer.commit(offsets=offsets, asynchronous=asynchronous)
             except KafkaException as exc:
-                log.warning("final commit of %d partition(s) failed: %s", len(offsets), exc)
+                # Revoked between the check and the commit: the new owner re-reads and dedups.
+                log.warning("commit of %d partition(s) failed: %s", len(offsets), exc)
+        return offsets
 
     @staticmethod
     def _on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
