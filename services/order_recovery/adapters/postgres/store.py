@@ -158,11 +158,12 @@ class PostgresStore:
             # young table is a sequential scan testing every row against the whole array
             # (seconds per batch once the table grows); a custom plan per batch sees the array
             # and hashes it or uses the index. Planning these few statements costs ~1 ms.
+            # Autocommit: every transaction here is explicit (conn.transaction(), or BEGIN and
+            # COMMIT inside a pipeline), which saves the implicit BEGIN's round trip.
             conn = psycopg.connect(
                 self._dsn, connect_timeout=5, autocommit=True, prepare_threshold=None
             )
             conn.execute(CREATE_STAGE)
-            conn.autocommit = False
             self._conn = conn
         return self._conn
 
@@ -198,17 +199,21 @@ class PostgresStore:
         self, keys: HistoryKeys, pending: Sequence[tuple[Event, Decision]]
     ) -> StoredHistory:
         conn = self._connection()
-        # Arrays of text and dates go in binary (%b): psycopg's text-format list dumper checks
-        # every element with a regex, which made parameter dumping most of this read. Event ids
-        # stay text-format (%s): a binary list of str is a text[], and a text[] or text cast to
-        # uuid[] is not constant-folded, so Postgres would convert the whole array again for
-        # every row it scans (measured: a 2,000-row outbox mark went from 16 ms to 300 ms).
+        # Arrays go in binary (%b): psycopg's text-format list dumper checks every element with
+        # a regex, which made parameter dumping most of this read. (Never an array as a text
+        # literal cast to an array type: that cast is not constant-folded, and Postgres converts
+        # the whole array again for every row it scans.)
         buyers = [b for b, _ in keys.buyer_days]
         days = [d for _, d in keys.buyer_days]
         queries: list[tuple[str, tuple[Any, ...]]] = [
+            # One snapshot for every query and the probe; BEGIN and COMMIT ride in the same
+            # pipeline, so the whole read is one round trip.
+            ("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", ()),
             (
-                "SELECT event_id::text FROM decisions WHERE event_id = ANY(%s::uuid[])",
-                (keys.event_ids,),
+                """SELECT order_id, event_id::text, exception_type = 'payment-timeout',
+                          'forged_logistics' = ANY(risk_flags)
+                   FROM decisions WHERE order_id = ANY(%b)""",
+                (keys.order_ids,),
             ),
             (
                 "SELECT order_id, exception_type, status FROM recovery_cases"
@@ -226,31 +231,26 @@ class PostgresStore:
                 WHERE c.kind = 'refund' GROUP BY 1, 2""",
                 (buyers, days),
             ),
-            (
-                """SELECT order_id, count(*) FILTER (WHERE exception_type = 'payment-timeout'),
-                       bool_or('forged_logistics' = ANY(risk_flags))
-                FROM decisions WHERE order_id = ANY(%b) GROUP BY order_id""",
-                (keys.order_ids,),
-            ),
         ]
         probe = pending[0][0].envelope.event_id if pending else None
         if probe is not None:
             queries.append(
                 ("SELECT event_id::text FROM decisions WHERE event_id = %s::uuid", (probe,))
             )
-        with conn.transaction():
-            if probe is not None:  # one snapshot for every query and the probe
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            decided, cases, compensated, refunds, orders, *probed = _fetch_pipelined(conn, queries)
+        queries.append(("COMMIT", ()))
+        _, decided, cases, compensated, refunds, *probed, _ = _fetch_pipelined(conn, queries)
         history = StoredHistory(
-            decided_event_ids={row[0] for row in decided},
             case_status={(o, t): s for o, t, s in cases},
             compensated={(o, t) for o, t in compensated},
             buyer_refunds={(b, d): n for b, d, n in refunds},
         )
-        for order_id, attempts, revoked in orders:
-            history.payment_attempts[order_id] = attempts
-            if revoked:
+        # An event is known if its order's decisions include it: a redelivery keeps its order.
+        # (An id reused under another order is still caught by the insert's ON CONFLICT.)
+        for order_id, event_id, payment, forged in decided:
+            history.decided_event_ids.add(event_id)
+            if payment:
+                history.payment_attempts[order_id] = history.payment_attempts.get(order_id, 0) + 1
+            if forged:
                 history.revoked_orders.add(order_id)
         if probe is not None and not probed[0]:  # the pending batch is not committed yet
             for event, decision in pending:
@@ -343,13 +343,14 @@ class PostgresStore:
 def _fetch_pipelined(
     conn: psycopg.Connection[Any], queries: Sequence[tuple[str, tuple[Any, ...]]]
 ) -> list[list[tuple[Any, ...]]]:
-    """Send every query before reading any result: one network round trip for all of them."""
+    """Send every statement before reading any result: one network round trip for all of them.
+    A statement without rows (BEGIN, COMMIT) gives an empty list."""
     cursors = [conn.cursor() for _ in queries]
     try:
         with conn.pipeline():
             for cursor, (sql, params) in zip(cursors, queries, strict=True):
                 cursor.execute(sql, params)
-        return [cursor.fetchall() for cursor in cursors]
+        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
     finally:
         for cursor in cursors:
             cursor.close()
