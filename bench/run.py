@@ -549,7 +549,11 @@ def main() -> int:
         "p50_latency_ms": round(statistics.median(p50s), 1),
         "p99_latency_ms": round(statistics.median(p99s), 1),
         **extra,
-        "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+        "samples": {
+            **{k: [round(x, 1) for x in v] for k, v in samples.items()},
+            "p50_latency_ms": [round(x, 1) for x in p50s],
+            "p99_latency_ms": [round(x, 1) for x in p99s],
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
