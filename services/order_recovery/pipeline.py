@@ -179,10 +179,10 @@ class Pipeline:
                 if transient_cause(exc) is None:
                     raise
         done = self.drain()
-        if not decided_early or not (prior is not None and prior.as_decided):
+        if not (decided_early and prior is not None and prior.as_decided):
             batch.forget_decisions()
             self._retry.call(lambda: self._decide(batch, self._reader or self._store), "decide")
-        self._start_writing(batch)
+        batch.written = self._writer.submit(self._write_and_publish, batch)
         self._in_flight = batch
         return done
 
@@ -215,6 +215,7 @@ class Pipeline:
             return
         pending = [] if prior is None else [(d.event, d.decision) for d in prior.decided]
         stored = store.load_history(_history_keys(batch.parsed), pending)
+        decided_at = datetime.now(UTC)  # the worker's clock, once per batch
         seen: set[str] = set()
         for record, event, policy in batch.parsed:
             env = event.envelope
@@ -229,12 +230,9 @@ class Pipeline:
                 batch.dead.append(DeadLetter(record, RULE_ERROR, f"{type(exc).__name__}: {exc}"))
                 continue
             from_status = stored.case_status.get((env.order_id, str(env.event_type)))
-            row = self._row(record, event, decision, from_status)
+            row = self._row(record, event, decision, from_status, decided_at)
             batch.decided.append(_Decided(record, event, decision, row))
             stored.advance(event, decision)
-
-    def _start_writing(self, batch: _Batch) -> None:
-        batch.written = self._writer.submit(self._write_and_publish, batch)
 
     def _write_and_publish(self, batch: _Batch) -> list[_Decided]:
         """On the writer thread, one attempt: the caller's thread owns retries (they must keep
@@ -253,14 +251,13 @@ class Pipeline:
 
     def _finish(self, batch: _Batch) -> BatchResult:
         assert batch.written is not None
+        redone = False
         try:
             fresh = batch.written.result()
-            batch.as_decided = len(fresh) == len(batch.decided)
         except _Unpublished as unpublished:
             if transient_cause(unpublished.cause) is None:
                 raise unpublished.cause from None
             fresh = unpublished.fresh
-            batch.as_decided = len(fresh) == len(batch.decided)
             self._retry.call(
                 lambda: self._publish(fresh, batch.dead), "publish", after=unpublished.cause
             )
@@ -268,6 +265,8 @@ class Pipeline:
             if transient_cause(exc) is None:
                 raise
             fresh = self._retry.call(lambda: self._redo(batch), "persist batch", after=exc)
+            redone = True
+        batch.as_decided = not redone and len(fresh) == len(batch.decided)
         inserted = {d.event.envelope.event_id for d in fresh}
         for d in batch.decided:
             if d.event.envelope.event_id not in inserted:  # another worker got there first
@@ -296,11 +295,16 @@ class Pipeline:
         return fresh
 
     def _row(
-        self, record: SourceRecord, event: Event, decision: Decision, from_status: str | None
+        self,
+        record: SourceRecord,
+        event: Event,
+        decision: Decision,
+        from_status: str | None,
+        decided_at: datetime,
     ) -> DecisionRow:
         env = event.envelope
         comp = decision.compensation
-        outcome = outcome_event(event, decision, decided_at=datetime.now(UTC))
+        outcome = outcome_event(event, decision, decided_at=decided_at)
         return DecisionRow(
             event_id=env.event_id,
             order_id=env.order_id,

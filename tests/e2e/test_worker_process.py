@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +246,15 @@ def test_poison_is_dead_lettered_and_its_neighbours_decided(
     }
 
 
-def _postgres(action: str) -> None:
-    subprocess.run([str(ROOT / "deploy/local/stack.sh"), action, "postgres"], check=True)
+@contextmanager
+def postgres_down() -> Iterator[None]:
+    """Postgres stopped for the body, started again however the body ends."""
+    stack = str(ROOT / "deploy/local/stack.sh")
+    subprocess.run([stack, "down", "postgres"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run([stack, "up", "postgres"], check=True)
 
 
 def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
@@ -256,15 +264,12 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
     worker = workers.start()
     produce_events(settings, events[:500])
     wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
-    _postgres("down")
-    try:
+    with postgres_down():
         produce_events(settings, events[500:])
         time.sleep(10)
         assert worker.get("/readyz")[0] == 503
         assert worker.metric("order_recovery_retries_total") > 0
         assert worker.metric("order_recovery_consumer_lag") > 0, "a stall must show as lag"
-    finally:
-        _postgres("up")
     unique = len({e["event_id"] for e in events})
     wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)
@@ -374,12 +379,9 @@ def test_an_outage_longer_than_the_poll_interval_keeps_the_group(
     worker = workers.start(ORDER_RECOVERY_MAX_POLL_INTERVAL_MS="10000")
     produce_events(settings, events[:100])
     wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
-    _postgres("down")
-    try:
+    with postgres_down():
         produce_events(settings, events[100:])
         time.sleep(16)
-    finally:
-        _postgres("up")
     unique = len({e["event_id"] for e in events})
     wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)

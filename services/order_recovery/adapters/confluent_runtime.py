@@ -80,7 +80,6 @@ class ConfluentRuntime:
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_refreshed = 0.0
         self._paused = False
-        self._exit_code = 0
         worker.retry.on_wait = self._keep_membership
 
     # ------------------------------------------------------------------ rebalance callbacks
@@ -130,39 +129,38 @@ class ConfluentRuntime:
                 messages = self._next_batch()
                 records = [_record(m) for m in messages if self._usable(m)]
                 self._refresh_lag()
-                if not self._advance(records):
-                    return self._exit_code
+                exit_code = self._advance(records)
+                if exit_code is not None:
+                    return exit_code
             # Stopping: finish the batch being written, then commit everything finished, this
             # time waiting for the broker (earlier asynchronous commits may still be under way).
-            if not self._advance([]):
-                return self._exit_code
-            self._commit_finished()
-            return 0
+            exit_code = self._advance([])
+            if exit_code is None:
+                self._commit_finished()
+            return exit_code or 0
         finally:
             self.consumer.close()
 
-    def _advance(self, records: list[SourceRecord]) -> bool:
+    def _advance(self, records: list[SourceRecord]) -> int | None:
         """Hand a batch to the pipeline (or, with none, finish the one being written) and commit
-        what finished. False when the worker must exit now, without committing."""
+        what finished. An exit code when the worker must exit now, without committing."""
         pipeline = self.worker.pipeline
         try:
             done = pipeline.submit(records) if records else pipeline.drain()
         except Exception as exc:
             if self.worker.stop.is_set() and transient_cause(exc):
                 log.warning("stopping with an unfinished batch; it will be redelivered")
-                self._exit_code = 0
-            else:
-                log.critical(
-                    "pipeline failed outside any single event; exiting without committing",
-                    exc_info=True,
-                )
-                self._exit_code = EXIT_BUG
-            return False
+                return 0
+            log.critical(
+                "pipeline failed outside any single event; exiting without committing",
+                exc_info=True,
+            )
+            return EXIT_BUG
         finally:
             self._resume()
         for result in done:
             self._commit(result)
-        return True
+        return None
 
     def _next_batch(self) -> list[Message]:
         """What is already fetched, up to a batch, without waiting; only an empty queue waits

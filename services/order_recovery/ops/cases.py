@@ -6,7 +6,7 @@ wall time it did it, so a late-arriving event shows where it happened and where 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,14 +27,10 @@ class Entry:
     seq: int = 0  # action order within a decision, audit row id: the tie-break at one instant
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "at": self.at,
-            "kind": self.kind,
-            "exception_type": self.exception_type,
-            "event_id": self.event_id,
-            "summary": self.summary,
-            "detail": self.detail,
-        }
+        """Every field but the tie-break."""
+        out = asdict(self)
+        del out["seq"]
+        return out
 
 
 def timeline(conn: psycopg.Connection[Any], order_id: str) -> list[Entry]:

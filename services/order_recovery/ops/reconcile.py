@@ -15,7 +15,7 @@ Ledger CSV (UTF-8, a header row, columns in any order, extra columns ignored):
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -39,13 +39,7 @@ class Line:
     where: str  # event id (decided) or ledger line numbers
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "order_id": self.order_id,
-            "exception_type": self.exception_type,
-            "kind": self.kind,
-            "amount_fen": self.amount_fen,
-            "where": self.where,
-        }
+        return asdict(self)
 
 
 @dataclass(slots=True)

@@ -180,7 +180,6 @@ class PostgresStore:
 
     def ping(self) -> None:
         self._connection().execute("SELECT 1")
-        self._connection().rollback()
 
     def load_history(
         self, keys: HistoryKeys, pending: Sequence[tuple[Event, Decision]] = ()
