@@ -275,7 +275,8 @@ class Progress:
     def counts(self) -> tuple[int, int]:
         row = self.conn.execute(
             "SELECT (SELECT count(*) FROM decisions),"
-            " (SELECT count(*) FROM outbox WHERE published_at IS NULL)"
+            " (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM outbox_batches"
+            "  WHERE published_at IS NULL)"
         ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1])
@@ -287,7 +288,7 @@ class Progress:
         row = self.conn.execute(
             """WITH t AS (SELECT min(decided_at) AS t0 FROM decisions)
                SELECT (SELECT count(*) FROM decisions, t WHERE decided_at > t.t0),
-                      extract(epoch FROM (SELECT max(published_at) FROM outbox) - t.t0)
+                      extract(epoch FROM (SELECT max(published_at) FROM outbox_batches) - t.t0)
                FROM t"""
         ).fetchone()
         assert row is not None

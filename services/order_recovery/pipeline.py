@@ -112,7 +112,7 @@ class _Batch:
     decided: list[_Decided] = field(default_factory=list)
     duplicates: Counter[str] = field(default_factory=Counter)
     # Written by the background thread: the decisions this batch inserted.
-    written: Future[list[_Decided]] | None = None
+    written: Future[_Written] | None = None
     # True once the batch was written exactly as decided (what a successor may build on).
     as_decided: bool = False
 
@@ -122,12 +122,20 @@ class _Batch:
         self.dead = [d for d in self.dead if d.error_class != RULE_ERROR]
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """The decisions a write inserted, and the outbox batch holding their outcomes."""
+
+    fresh: list[_Decided]
+    outbox_batch: str | None
+
+
 class _Unpublished(Exception):
     """The write committed but the publish failed: only the publish is to be retried."""
 
-    def __init__(self, fresh: list[_Decided], cause: Exception) -> None:
+    def __init__(self, written: _Written, cause: Exception) -> None:
         super().__init__(str(cause))
-        self.fresh, self.cause = fresh, cause
+        self.written, self.cause = written, cause
 
 
 class Pipeline:
@@ -148,7 +156,7 @@ class Pipeline:
         self._publisher = publisher
         self._metrics = metrics
         self._retry = retry
-        # The worker marks published outbox rows in the background (OutboxMarker); without one,
+        # The worker marks published outbox batches in the background (OutboxMarker); without one,
         # the mark is a transaction of its own right here.
         self._mark_published = mark_published or self._mark_now
         # History reads for batch N+1 while N is written need a connection of their own;
@@ -234,44 +242,50 @@ class Pipeline:
             batch.decided.append(_Decided(record, event, decision, row))
             stored.advance(event, decision)
 
-    def _write_and_publish(self, batch: _Batch) -> list[_Decided]:
+    def _write_and_publish(self, batch: _Batch) -> _Written:
         """On the writer thread, one attempt: the caller's thread owns retries (they must keep
         the consumer polling, which only that thread may do)."""
-        fresh = self._write(batch)
+        written = self._write(batch)
         try:
-            self._publish(fresh, batch.dead)
+            self._publish(written.fresh, batch.dead)
         except Exception as exc:
-            raise _Unpublished(fresh, exc) from exc
-        return fresh
+            raise _Unpublished(written, exc) from exc
+        return written
 
-    def _write(self, batch: _Batch) -> list[_Decided]:
-        inserted = set(self._store.save_decisions([d.row for d in batch.decided]))
+    def _write(self, batch: _Batch) -> _Written:
+        saved = self._store.save_decisions([d.row for d in batch.decided])
         self._metrics.pg_transaction_seconds.observe(self._store.last_transaction_s)
-        return [d for d in batch.decided if d.event.envelope.event_id in inserted]
+        inserted = set(saved.event_ids)
+        fresh = [d for d in batch.decided if d.event.envelope.event_id in inserted]
+        return _Written(fresh, saved.outbox_batch)
 
     def _finish(self, batch: _Batch) -> BatchResult:
         assert batch.written is not None
         redone = False
         try:
-            fresh = batch.written.result()
+            written = batch.written.result()
         except _Unpublished as unpublished:
             if transient_cause(unpublished.cause) is None:
                 raise unpublished.cause from None
-            fresh = unpublished.fresh
+            written = unpublished.written
             self._retry.call(
-                lambda: self._publish(fresh, batch.dead), "publish", after=unpublished.cause
+                lambda: self._publish(written.fresh, batch.dead),
+                "publish",
+                after=unpublished.cause,
             )
         except Exception as exc:
             if transient_cause(exc) is None:
                 raise
-            fresh = self._retry.call(lambda: self._redo(batch), "persist batch", after=exc)
+            written = self._retry.call(lambda: self._redo(batch), "persist batch", after=exc)
             redone = True
+        fresh = written.fresh
         batch.as_decided = not redone and len(fresh) == len(batch.decided)
         inserted = {d.event.envelope.event_id for d in fresh}
         for d in batch.decided:
             if d.event.envelope.event_id not in inserted:  # another worker got there first
                 batch.duplicates[str(d.event.envelope.event_type)] += 1
-        self._mark_published([d.event.envelope.event_id for d in fresh])
+        if written.outbox_batch is not None:
+            self._mark_published([written.outbox_batch])
         self._observe(batch, fresh)
         commit: dict[tuple[str, int], int] = {}
         for r in batch.records:
@@ -285,14 +299,14 @@ class Pipeline:
             commit,
         )
 
-    def _redo(self, batch: _Batch) -> list[_Decided]:
+    def _redo(self, batch: _Batch) -> _Written:
         """After a failed attempt: decide again on a fresh read (the failed write may or may
         not have committed), write, publish. Nothing else is in flight by now."""
         batch.forget_decisions()
         self._decide(batch, self._store)
-        fresh = self._write(batch)
-        self._retry.call(lambda: self._publish(fresh, batch.dead), "publish")
-        return fresh
+        written = self._write(batch)
+        self._retry.call(lambda: self._publish(written.fresh, batch.dead), "publish")
+        return written
 
     def _row(
         self,
@@ -328,7 +342,6 @@ class Pipeline:
             source_partition=record.partition,
             source_offset=record.offset,
             event_json=(record.value or b"{}").decode(),
-            outcome_id=outcome["event_id"],
             outcome_payload=orjson.dumps(outcome),
             from_status=from_status,
         )
@@ -346,8 +359,8 @@ class Pipeline:
         letters = [self._dead_letter_message(letter) for letter in dead]
         self._publisher.publish([*letters, *outcomes])
 
-    def _mark_now(self, event_ids: list[str]) -> None:
-        self._retry.call(lambda: self._store.mark_published(event_ids), "mark outbox published")
+    def _mark_now(self, batch_ids: list[str]) -> None:
+        self._retry.call(lambda: self._store.mark_published(batch_ids), "mark outbox published")
 
     def _dead_letter_message(self, letter: DeadLetter) -> OutgoingMessage:
         r = letter.record

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RELAY_INTERVAL_S = 5.0
 RELAY_MIN_AGE_S = 30.0
+RELAY_BATCHES = 10  # outbox batches per pass (a batch holds up to a consumer batch of outcomes)
 
 
 class Worker:
@@ -124,16 +125,18 @@ class Worker:
             store.close()
 
     def relay_once(self, store: PostgresStore) -> int:
-        rows = store.unpublished(RELAY_MIN_AGE_S, limit=1000)
-        if rows:
+        """Publish what crashes left in the outbox; return how many outcomes were sent."""
+        batches = store.unpublished(RELAY_MIN_AGE_S, limit=RELAY_BATCHES)
+        sent = 0
+        for batch in batches:
+            topic = self.settings.outcome_topic
             self.publisher.publish(
-                [
-                    OutgoingMessage(self.settings.outcome_topic, r.order_id.encode(), r.payload)
-                    for r in rows
-                ]
+                [OutgoingMessage(topic, key.encode(), payload) for key, payload in batch.messages]
             )
-            store.mark_published([r.event_id for r in rows])
-            self.metrics.outcomes_published.inc(len(rows))
-            log.info("outbox relay published %d outcome(s) left behind", len(rows))
+            store.mark_published([batch.batch_id])
+            sent += len(batch.messages)
+        if sent:
+            self.metrics.outcomes_published.inc(sent)
+            log.info("outbox relay published %d outcome(s) left behind", sent)
         self.metrics.outbox_backlog.set(store.outbox_backlog())
-        return len(rows)
+        return sent

@@ -104,8 +104,8 @@ def assert_exactly_once(
     for o in outcomes:
         copies[o["source_event_id"]].add(orjson.dumps(o, option=orjson.OPT_SORT_KEYS))
     assert all(len(c) == 1 for c in copies.values()), "a resent outcome differs from the first"
-    # In flight at a kill: the batch being published, the ids being marked and those queued
-    # behind them, all batches of 50 here. An unmarked outbox would resend all >300 decided.
+    # In flight at a kill: the batch being published, the outbox batches being marked and those
+    # queued behind them, all batches of 50 here. An unmarked outbox would resend all >300 decided.
     resent = len(source_ids) - len(expected)
     assert resent <= 4 * 50, f"{resent} outcomes resent: more than the batches in flight"
 

@@ -63,6 +63,16 @@ def _count(dsn: str, table: str) -> int:
     return int(row[0])
 
 
+def _outboxed(dsn: str) -> int:
+    """Outcomes written to the outbox, whatever batches hold them."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(cardinality(event_ids)), 0) FROM outbox_batches"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_a_batch_is_decided_persisted_and_published_once(
     settings: Settings, pipeline: Pipeline
 ) -> None:
@@ -73,7 +83,7 @@ def test_a_batch_is_decided_persisted_and_published_once(
     assert result.duplicates == len(events) - len(unique)
     assert not result.dead_letters
     assert _count(settings.database_url, "decisions") == len(unique)
-    assert _count(settings.database_url, "outbox WHERE published_at IS NULL") == 0
+    assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(unique)
 
@@ -146,8 +156,9 @@ def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
     finally:
         store.close()
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
-    for table in ("decisions", "outbox", "audit_log"):
+    for table in ("decisions", "audit_log"):
         assert _count(settings.database_url, table) == len(events), table
+    assert _outboxed(settings.database_url) == len(events)
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(events)
 
@@ -159,25 +170,28 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
     pipeline.process(_records(settings, events))
     with psycopg.connect(settings.database_url) as conn:
         # A crash after the Postgres commit, before the outcomes were marked published.
-        left = conn.execute(
-            """UPDATE outbox SET published_at = NULL, created_at = now() - interval '1 minute'
-               WHERE event_id IN (SELECT event_id FROM outbox LIMIT 3) RETURNING outcome_id"""
+        (left,) = conn.execute(
+            """UPDATE outbox_batches SET published_at = NULL,
+                   created_at = now() - interval '1 minute'
+               RETURNING event_ids::text[]"""
         ).fetchall()
     worker = Worker(settings, runtime="test")
     store = PostgresStore(settings.database_url)
     try:
-        assert worker.relay_once(store) == 3
+        assert worker.relay_once(store) == len(events)
         assert worker.relay_once(store) == 0  # marked: a second pass sends nothing
         assert worker.metrics.outbox_backlog._value.get() == 0
     finally:
         store.close()
         worker.close()
-    ids = Counter(
-        orjson.loads(m.value())["event_id"]
+    published = [
+        orjson.loads(m.value())
         for m in read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
-    )
-    assert {i for i, n in ids.items() if n == 2} == {row[0] for row in left}
-    assert len(ids) == len(events)
+    ]
+    # Every outcome of the batch was sent twice, both times under the same outcome id.
+    ids = Counter(o["event_id"] for o in published)
+    assert set(ids.values()) == {2} and len(ids) == len(events)
+    assert {o["source_event_id"] for o in published} == set(left[0])
 
 
 def test_the_background_marker_marks_every_published_outcome(settings: Settings) -> None:
@@ -189,8 +203,8 @@ def test_the_background_marker_marks_every_published_outcome(settings: Settings)
         for start in range(0, len(events), 100):
             pipeline.process(_records(settings, events[start : start + 100], start))
         assert marker.flush(10)
-        assert _count(settings.database_url, "outbox") == len(events)
-        assert _count(settings.database_url, "outbox WHERE published_at IS NULL") == 0
+        assert _outboxed(settings.database_url) == len(events)
+        assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
     finally:
         marker.close()
         store.close()

@@ -1,9 +1,9 @@
-"""Marking published outbox rows off the batch's critical path.
+"""Marking published outbox batches off the batch's critical path.
 
 The mark is bookkeeping, not a side effect: losing it in a crash only means the outbox relay resends
-those outcomes with the same ids. So instead of a transaction per batch in the pipeline's path, a
-background thread marks whatever was published since its last pass, on its own connection, while
-the next batch is being decided.
+that batch's outcomes with the same ids. So instead of a transaction per batch in the pipeline's
+path, a background thread marks whatever was published since its last pass, on its own connection,
+while the next batch is being decided.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ class OutboxMarker:
         self._thread = threading.Thread(target=self._run, name="outbox-marker", daemon=True)
         self._thread.start()
 
-    def mark(self, event_ids: list[str]) -> None:
+    def mark(self, batch_ids: list[str]) -> None:
         with self._lock:
-            self._pending.extend(event_ids)
+            self._pending.extend(batch_ids)
             self._lock.notify_all()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -64,7 +64,7 @@ class OutboxMarker:
                 done = True
             except Exception as exc:
                 cause = transient_cause(exc)
-                (log.warning if cause else log.exception)("marking outbox rows failed: %s", exc)
+                (log.warning if cause else log.exception)("marking outbox batches failed: %s", exc)
                 done = False
             with self._lock:
                 if not done:

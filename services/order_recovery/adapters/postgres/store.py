@@ -5,13 +5,15 @@ Round trips are per batch, not per event: the history is five SELECTs sent in on
 write is one COPY of a row per decision into a session-local staging table and a pipeline of
 INSERT ... SELECT statements that fan it out into the tables, so the per-row work of every table
 happens inside Postgres rather than in the worker's Python thread. Every insert is keyed (decision
-per event, compensation per order and exception type, outbox row per event) and ignores conflicts,
-so a batch that is processed twice, or by two workers during a rebalance, writes its effects once.
+per event, compensation per order and exception type) and decisions already present are dropped
+from the stage before any effect is written, so a batch that is processed twice, or by two workers
+during a rebalance, writes its effects once; its outcomes go into the outbox as one row per batch.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -57,17 +59,25 @@ class DecisionRow:
     source_partition: int
     source_offset: int
     event_json: str  # the event as received (already validated JSON)
-    outcome_id: str
     outcome_payload: bytes
     from_status: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxRow:
-    event_id: str
-    outcome_id: str
-    order_id: str
-    payload: bytes
+class OutboxBatch:
+    """A written batch's outcomes, as (message key, payload) in decision order."""
+
+    batch_id: str
+    messages: list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What one write inserted: the event ids (a decision already present, from a redelivery
+    or another worker, is left untouched) and the outbox batch holding their outcomes."""
+
+    event_ids: list[str]
+    outbox_batch: str | None
 
 
 #: The staging table, created per session: temporary (no WAL), emptied by each batch.
@@ -75,7 +85,7 @@ STAGE_COLUMNS = (
     "seq", "event_id", "order_id", "exception_type", "platform", "merchant_id", "buyer_id",
     "category", "amount_fen", "occurred_at", "outcome", "rule_ids", "risk_flags", "reason",
     "policy_version", "actions", "compensation_kind", "compensation_fen", "event_day",
-    "source_topic", "source_partition", "source_offset", "event", "outcome_id", "payload",
+    "source_topic", "source_partition", "source_offset", "event", "payload",
     "from_status",
 )  # fmt: skip
 CREATE_STAGE = """CREATE TEMP TABLE IF NOT EXISTS decision_stage (
@@ -86,7 +96,7 @@ CREATE_STAGE = """CREATE TEMP TABLE IF NOT EXISTS decision_stage (
     risk_flags text[] NOT NULL, reason text NOT NULL, policy_version text NOT NULL,
     actions text[] NOT NULL, compensation_kind text, compensation_fen bigint,
     event_day date NOT NULL, source_topic text NOT NULL, source_partition int NOT NULL,
-    source_offset bigint NOT NULL, event text NOT NULL, outcome_id text NOT NULL,
+    source_offset bigint NOT NULL, event text NOT NULL,
     payload bytea NOT NULL, from_status text)"""
 
 #: Insert the decisions; those already present are removed from the stage (and returned) so no
@@ -97,7 +107,7 @@ INSERT_DECISIONS = """WITH fresh AS (
         source_topic, source_partition, source_offset, event)
     SELECT event_id, order_id, exception_type, platform, merchant_id, buyer_id, category,
            amount_fen, occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
-           source_topic, source_partition, source_offset, event::jsonb
+           source_topic, source_partition, source_offset, event::json
     FROM decision_stage ORDER BY seq
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id)
@@ -136,10 +146,14 @@ FAN_OUT = (
            opened_at = least(c.opened_at, excluded.opened_at),
            recovered_at = coalesce(c.recovered_at, excluded.recovered_at),
            last_event_id = excluded.last_event_id""",
-    """INSERT INTO outbox (outcome_id, event_id, order_id, payload)
-       SELECT outcome_id, event_id, order_id, payload FROM decision_stage ORDER BY seq
-       ON CONFLICT DO NOTHING""",
 )
+
+#: The batch's outcomes as one outbox row (none when every decision was already there).
+INSERT_OUTBOX_BATCH = """INSERT INTO outbox_batches (batch_id, event_ids, order_ids, payloads)
+    SELECT %s, array_agg(event_id ORDER BY seq), array_agg(order_id ORDER BY seq),
+           array_agg(payload ORDER BY seq)
+    FROM decision_stage HAVING count(*) > 0
+    ON CONFLICT (batch_id) DO NOTHING"""
 
 
 class PostgresStore:
@@ -257,18 +271,17 @@ class PostgresStore:
                 history.advance(event, decision)
         return history
 
-    def save_decisions(self, rows: Sequence[DecisionRow]) -> list[str]:
-        """Write the batch in one transaction; return the event ids this call inserted (a row
-        already present, from a redelivery or another worker, is left untouched)."""
+    def save_decisions(self, rows: Sequence[DecisionRow]) -> Saved:
+        """Write the batch in one transaction, its outcomes as one outbox batch."""
         if not rows:
-            return []
+            return Saved([], None)
         try:
             return self._save(rows)
         except psycopg.Error:
             self.reset()
             raise
 
-    def _save(self, rows: Sequence[DecisionRow]) -> list[str]:
+    def _save(self, rows: Sequence[DecisionRow]) -> Saved:
         """COPY the batch into the connection's staging table (one row per decision, the only
         per-event work on the Python side), then let Postgres fan it out into the tables with
         keyed INSERT ... SELECT statements sent in one pipeline. A decision already present
@@ -285,53 +298,64 @@ class PostgresStore:
                 taken.execute(INSERT_DECISIONS)
                 for statement in FAN_OUT:
                     conn.execute(statement)
+                batch_id = str(uuid.uuid4())
+                outbox = conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
                 conn.execute("TRUNCATE decision_stage")
             existing = {row[0] for row in taken.fetchall()}
+            written = outbox.rowcount == 1
         self.last_transaction_s = time.perf_counter() - started
-        return [r.event_id for r in rows if r.event_id not in existing]
+        fresh = [r.event_id for r in rows if r.event_id not in existing]
+        return Saved(fresh, batch_id if written else None)
 
-    def mark_published(self, event_ids: Sequence[str]) -> None:
-        if not event_ids:
+    def mark_published(self, batch_ids: Sequence[str]) -> None:
+        """Mark outbox batches published: one row per batch, whatever its size."""
+        if not batch_ids:
             return
         try:
             conn = self._connection()
             with conn.transaction():
-                # Losing this mark in a crash only means a resend with the same outcome id, so
+                # Losing this mark in a crash only means a resend with the same outcome ids, so
                 # it need not wait for the WAL flush.
                 conn.execute("SET LOCAL synchronous_commit = off")
                 conn.execute(
-                    "UPDATE outbox SET published_at = now()"
-                    " WHERE event_id = ANY(%s::uuid[]) AND published_at IS NULL",
-                    (list(event_ids),),
+                    "UPDATE outbox_batches SET published_at = now()"
+                    " WHERE batch_id = ANY(%s::uuid[]) AND published_at IS NULL",
+                    (list(batch_ids),),
                 )
         except psycopg.Error:
             self.reset()
             raise
 
-    def unpublished(self, older_than_s: float, limit: int) -> list[OutboxRow]:
-        """Outbox rows a crash left behind. Rows younger than `older_than_s` are skipped: their
-        own worker is most likely publishing them right now."""
+    def unpublished(self, older_than_s: float, limit: int) -> list[OutboxBatch]:
+        """Outbox batches a crash left behind, oldest first, up to `limit` batches. Batches
+        younger than `older_than_s` are skipped: their own worker is most likely publishing them
+        right now."""
         try:
             conn = self._connection()
             with conn.transaction():
                 found = conn.execute(
-                    """SELECT event_id::text, outcome_id, order_id, payload FROM outbox
+                    """SELECT batch_id::text, order_ids, payloads FROM outbox_batches
                        WHERE published_at IS NULL
                          AND created_at < now() - make_interval(secs => %s)
                        ORDER BY created_at LIMIT %s""",
                     (older_than_s, limit),
                 ).fetchall()
-            return [OutboxRow(e, o, k, bytes(p)) for e, o, k, p in found]
+            return [
+                OutboxBatch(b, [(k, bytes(p)) for k, p in zip(keys, payloads, strict=True)])
+                for b, keys, payloads in found
+            ]
         except psycopg.Error:
             self.reset()
             raise
 
     def outbox_backlog(self) -> int:
+        """Outcomes written but not yet marked published."""
         try:
             conn = self._connection()
             with conn.transaction():
                 row = conn.execute(
-                    "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+                    "SELECT coalesce(sum(cardinality(event_ids)), 0) FROM outbox_batches"
+                    " WHERE published_at IS NULL"
                 ).fetchone()
             return int(row[0]) if row else 0
         except psycopg.Error:
@@ -388,7 +412,6 @@ def _stage_row(seq: int, r: DecisionRow) -> tuple[Any, ...]:
         r.source_partition,
         r.source_offset,
         r.event_json,
-        r.outcome_id,
         r.outcome_payload,
         r.from_status,
     )
