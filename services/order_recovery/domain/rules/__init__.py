@@ -10,7 +10,6 @@ Only event time is used: the same inputs always give the same decision.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TypeVar
 
 from order_recovery.domain.decision import ActionType, CompensationKind, Decision, Outcome, RiskFlag
@@ -70,7 +69,7 @@ def _one_compensation(verdict: Verdict) -> tuple[Verdict, tuple[ActionType, ...]
         return verdict, ()
     if comp.kind is CompensationKind.COUPON:
         kept = tuple(a for a in verdict.actions if a is not ActionType.ISSUE_COUPON)
-        return replace(verdict, actions=kept, compensation=None).note(
+        return verdict.but(actions=kept, compensation=None).note(
             "compensation.already_granted", "a compensation was already granted: no new coupon"
         ), ()
     escalated = Verdict(
@@ -93,8 +92,7 @@ def _apply_risk(
     hits = risk_hits(event, history, policy, verdict)
     if not hits:
         return verdict, held
-    flagged = replace(
-        verdict,
+    flagged = verdict.but(
         rule_ids=(*verdict.rule_ids, *(h.rule_id for h in hits)),
         reasons=(*verdict.reasons, *(h.reason for h in hits)),
         risk_flags=(*verdict.risk_flags, *(h.flag for h in hits)),
@@ -104,8 +102,7 @@ def _apply_risk(
     if verdict.outcome is not Outcome.ESCALATED:
         held = verdict.actions
     protective = tuple(h.protective for h in hits if h.protective is not None)
-    escalated = replace(
-        flagged,
+    escalated = flagged.but(
         outcome=Outcome.ESCALATED,
         actions=(*protective, ActionType.MANUAL_REVIEW),
         compensation=None,

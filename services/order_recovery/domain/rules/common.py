@@ -3,7 +3,8 @@ compensation, risk controls) turn it into a Decision."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from typing import Any
 
 from order_recovery.domain.decision import (
     ActionType,
@@ -25,11 +26,31 @@ class Verdict:
     risk_flags: tuple[RiskFlag, ...] = ()
     final: bool = False  # no guard may change it (rejections, revoked recovery rights)
 
+    def but(self, **changes: Any) -> Verdict:
+        """`dataclasses.replace`, without its field introspection on every call: this runs for
+        most events, and replace() was a tenth of the rules' time."""
+        unknown = changes.keys() - _VERDICT_FIELDS
+        if unknown:
+            raise TypeError(f"Verdict has no field(s) {sorted(unknown)}")
+        get = changes.get
+        return Verdict(
+            get("outcome", self.outcome),
+            get("rule_ids", self.rule_ids),
+            get("reasons", self.reasons),
+            get("actions", self.actions),
+            get("compensation", self.compensation),
+            get("risk_flags", self.risk_flags),
+            get("final", self.final),
+        )
+
     def note(self, rule_id: str, reason: str) -> Verdict:
-        return replace(self, rule_ids=(*self.rule_ids, rule_id), reasons=(*self.reasons, reason))
+        return self.but(rule_ids=(*self.rule_ids, rule_id), reasons=(*self.reasons, reason))
 
     def say(self, reason: str) -> Verdict:
-        return replace(self, reasons=(*self.reasons, reason))
+        return self.but(reasons=(*self.reasons, reason))
+
+
+_VERDICT_FIELDS = frozenset(f.name for f in fields(Verdict))
 
 
 def rejected(rule_id: str, reason: str) -> Verdict:
