@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import orjson
+from msgspec import Struct
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
 from order_recovery.adapters.metrics import WorkerMetrics
@@ -49,7 +49,7 @@ from order_recovery.domain.errors import (
 )
 from order_recovery.domain.events import Event
 from order_recovery.domain.history import business_day
-from order_recovery.domain.outcome import outcome_event
+from order_recovery.domain.outcome import outcome_json
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.rules import decide
 
@@ -63,8 +63,8 @@ DEAD_LETTER_REASONS = tuple(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
+# Structs, not dataclasses, for what is built per event (see domain/events.py).
+class SourceRecord(Struct, frozen=True, gc=False):
     """A consumed record, as any runtime can describe it."""
 
     topic: str
@@ -76,8 +76,7 @@ class SourceRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(Struct, frozen=True, gc=False):
     record: SourceRecord
     error_class: str
     message: str
@@ -93,8 +92,7 @@ class BatchResult:
     commit_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Decided:
+class _Decided(Struct, frozen=True, gc=False):
     record: SourceRecord
     event: Event
     decision: Decision
@@ -318,31 +316,30 @@ class Pipeline:
     ) -> DecisionRow:
         env = event.envelope
         comp = decision.compensation
-        outcome = outcome_event(event, decision, decided_at=decided_at)
         return DecisionRow(
             event_id=env.event_id,
             order_id=env.order_id,
-            exception_type=str(env.event_type),
+            exception_type=env.event_type,
             platform=env.platform,
             merchant_id=env.merchant_id,
             buyer_id=env.buyer_id,
-            category=str(env.category),
+            category=env.category,
             amount_fen=env.amount_fen,
             occurred_at=env.occurred_at,
-            outcome=str(decision.outcome),
-            rule_ids=list(decision.rule_ids),
-            risk_flags=[str(f) for f in decision.risk_flags],
+            outcome=decision.outcome,
+            rule_ids=decision.rule_ids,
+            risk_flags=decision.risk_flags,
             reason=decision.reason,
             policy_version=decision.policy_version,
-            actions=[str(a) for a in decision.actions],
-            compensation_kind=None if comp is None else str(comp.kind),
+            actions=decision.actions,
+            compensation_kind=None if comp is None else comp.kind,
             compensation_fen=None if comp is None else comp.amount_fen,
             event_day=business_day(env.occurred_at),
             source_topic=record.topic,
             source_partition=record.partition,
             source_offset=record.offset,
             event_json=(record.value or b"{}").decode(),
-            outcome_payload=orjson.dumps(outcome),
+            outcome_payload=outcome_json(event, decision, decided_at=decided_at),
             from_status=from_status,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 
 import orjson
 import psycopg
@@ -16,11 +17,13 @@ from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
+from order_recovery.domain.contract import validate_outcome
 from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import Pipeline, SourceRecord
 from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
+from tests.support.reference import expected_decisions
 
 
 def make_pipeline(settings: Settings, store: PostgresStore, **options: object) -> Pipeline:
@@ -208,3 +211,72 @@ def test_the_background_marker_marks_every_published_outcome(settings: Settings)
     finally:
         marker.close()
         store.close()
+
+
+def test_every_stored_column_says_what_the_rules_decided(
+    settings: Settings, pipeline: Pipeline
+) -> None:
+    """The write path's encodings (a binary COPY, lists joined into one column and split again
+    in SQL, event ids cast from text) must store each decision exactly: every column of every
+    table against the pure rules' reference, and the outbox's bytes against what was published."""
+    events = list({e["event_id"]: e for e in sample_events(600, seed=21)}.values())
+    for start in range(0, len(events), 200):
+        pipeline.process(_records(settings, events[start : start + 200], start))
+    expected = expected_decisions(events)
+    raw = {e["event_id"]: e for e in events}
+    with psycopg.connect(settings.database_url) as conn:
+        decisions = conn.execute(
+            """SELECT event_id::text, order_id, exception_type, platform, buyer_id, amount_fen,
+                      occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
+                      source_offset, event::text FROM decisions"""
+        ).fetchall()
+        actions: dict[str, list[str]] = {}
+        for event_id, action in conn.execute(
+            "SELECT event_id::text, action FROM actions ORDER BY event_id, seq"
+        ):
+            actions.setdefault(event_id, []).append(action)
+        compensations = {
+            event_id: (kind, fen)
+            for event_id, kind, fen in conn.execute(
+                "SELECT event_id::text, kind, amount_fen FROM compensations"
+            )
+        }
+        audit = {
+            event_id: (to_status, detail)
+            for event_id, to_status, detail in conn.execute(
+                "SELECT event_id::text, to_status, detail FROM audit_log"
+            )
+        }
+        payloads = [
+            bytes(p)
+            for (batch,) in conn.execute("SELECT payloads FROM outbox_batches ORDER BY created_at")
+            for p in batch
+        ]
+    assert len(decisions) == len(expected) == len(audit)
+    for (event_id, order_id, etype, platform, buyer, fen, occurred, outcome, rules, flags,
+         reason, version, offset, event_text) in decisions:  # fmt: skip
+        d, doc = expected[event_id], raw[event_id]
+        assert (order_id, etype, platform, buyer, fen) == (
+            doc["order_id"], doc["event_type"], doc["platform"], doc["buyer_id"], doc["amount_fen"]
+        )  # fmt: skip
+        assert occurred == datetime.fromisoformat(doc["occurred_at"])
+        assert (outcome, tuple(rules), tuple(flags), reason, version) == (
+            d.outcome, d.rule_ids, d.risk_flags, d.reason, d.policy_version
+        )  # fmt: skip
+        assert orjson.loads(event_text) == doc and offset == events.index(doc)
+        assert tuple(actions.get(event_id, ())) == d.actions
+        comp = None if d.compensation is None else (d.compensation.kind, d.compensation.amount_fen)
+        assert compensations.get(event_id) == comp
+        assert audit[event_id] == (
+            d.outcome,
+            {"rule_ids": list(d.rule_ids), "policy_version": d.policy_version,
+             "actions": list(d.actions)},
+        )  # fmt: skip
+    published = [
+        m.value() for m in read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
+    ]
+    assert sorted(published) == sorted(payloads) and len(payloads) == len(expected)
+    for payload in payloads:
+        message = orjson.loads(payload)
+        validate_outcome(message)
+        assert message["decision"] == expected[message["source_event_id"]].to_dict()

@@ -5,15 +5,14 @@ broker, so a crash can duplicate (same ids) but never lose."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message, Producer
+from msgspec import Struct, field
 
 from order_recovery.adapters.retry import PublishFailed
 
 
-@dataclass(frozen=True, slots=True)
-class OutgoingMessage:
+class OutgoingMessage(Struct, frozen=True, gc=False):
     topic: str
     key: bytes | None
     value: bytes | None

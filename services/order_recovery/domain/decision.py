@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from msgspec import Struct
 
 
 class Outcome(StrEnum):
@@ -55,8 +56,7 @@ class CompensationKind(StrEnum):
     REFUND = "refund"
 
 
-@dataclass(frozen=True, slots=True)
-class Compensation:
+class Compensation(Struct, frozen=True, gc=False):
     kind: CompensationKind
     amount_fen: int
 
@@ -68,8 +68,7 @@ class Compensation:
         return {"kind": str(self.kind), "amount_fen": self.amount_fen}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Struct, frozen=True, gc=False):
     outcome: Outcome
     actions: tuple[ActionType, ...]
     compensation: Compensation | None

@@ -6,9 +6,10 @@ calling the rules. `OrderHistory()` means "nothing known", which never triggers 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
+
+from msgspec import Struct
 
 # China has had no daylight saving since 1991, so a fixed offset is exact and needs no tz database.
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
@@ -25,8 +26,7 @@ def business_day(at: datetime) -> date:
     return at.astimezone(SHANGHAI).date()
 
 
-@dataclass(frozen=True, slots=True)
-class OrderHistory:
+class OrderHistory(Struct, frozen=True, gc=False):
     """
     payment_attempts: payment attempts the worker's store knows on this order, failed ones
         included. A payment-timeout event also carries its producer's count

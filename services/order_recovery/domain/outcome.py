@@ -7,6 +7,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 
@@ -50,3 +52,37 @@ def outcome_event(event: Event, decision: Decision, *, decided_at: datetime) -> 
         "source_occurred_at": _iso(env.occurred_at),
         "decision": decision.to_dict(),
     }
+
+
+def outcome_json(event: Event, decision: Decision, *, decided_at: datetime) -> bytes:
+    """The message bytes of `outcome_event` (the same JSON), built for the worker's hot path:
+    orjson writes the datetimes, enums and tuples itself, which costs a third of building the
+    JSON-ready dict first (aware datetimes come out exactly as `isoformat()` writes them)."""
+    _iso(decided_at)  # the same refusal of a naive decision time
+    env = event.envelope
+    comp = decision.compensation
+    return orjson.dumps(
+        {
+            "event_id": outcome_event_id(env.event_id),
+            "event_type": "recovery-outcome",
+            "schema_version": 1,
+            "occurred_at": decided_at,
+            "platform": env.platform,
+            "order_id": env.order_id,
+            "source_event_id": env.event_id,
+            "source_event_type": env.event_type,
+            "source_occurred_at": env.occurred_at,
+            "decision": {
+                "outcome": decision.outcome,
+                "actions": decision.actions,
+                "held_actions": decision.held_actions,
+                "compensation": None
+                if comp is None
+                else {"kind": comp.kind, "amount_fen": comp.amount_fen},
+                "risk_flags": decision.risk_flags,
+                "reason": decision.reason,
+                "rule_ids": decision.rule_ids,
+                "policy_version": decision.policy_version,
+            },
+        }
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from dataclasses import fields
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import referencing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import fields
 
 from order_recovery.domain import (
     CURRENCY,

@@ -4,9 +4,10 @@ strategies, which cluster times around every policy boundary)."""
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from order_recovery.domain import (
     outcome_event,
     validate_outcome,
 )
+from order_recovery.domain.outcome import outcome_json
 
 from .factories import (
     POLICIES,
@@ -183,6 +185,26 @@ def test_decisions_are_traceable_and_valid_outcome_messages(doc, history):
     if d.outcome is Outcome.REJECTED:
         assert d.actions == () and d.compensation is None
     validate_outcome(outcome_event(event, d, decided_at=T0))
+
+
+@settings(max_examples=300)
+@given(
+    event_docs,
+    histories,
+    st.datetimes(
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=8)), timezone(-timedelta(hours=5))]
+        )
+    ),
+)
+def test_the_hot_path_outcome_bytes_are_the_outcome_event(doc, history, decided_at):
+    """The worker publishes `outcome_json`; it must say exactly what `outcome_event` says, down
+    to the text of every timestamp, or a resend after a crash would not match the first copy."""
+    event = event_from_dict(doc)
+    d = decide(event, history, POLICIES[event.envelope.platform])
+    fast = outcome_json(event, d, decided_at=decided_at)
+    assert orjson.loads(fast) == outcome_event(event, d, decided_at=decided_at)
+    assert fast == orjson.dumps(outcome_event(event, d, decided_at=decided_at))
 
 
 @settings(max_examples=300)

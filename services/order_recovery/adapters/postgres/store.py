@@ -20,6 +20,7 @@ from datetime import date, datetime
 from typing import Any
 
 import psycopg
+from msgspec import Struct
 
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
@@ -33,9 +34,9 @@ class HistoryKeys:
     buyer_days: list[tuple[str, date]]
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """One decided event, flattened for the tables."""
+class DecisionRow(Struct, frozen=True, gc=False):
+    """One decided event, flattened for the tables (a Struct: one is built per decision). The
+    domain's StrEnum members pass as they are: they are str."""
 
     event_id: str
     order_id: str
@@ -47,11 +48,11 @@ class DecisionRow:
     amount_fen: int
     occurred_at: datetime
     outcome: str
-    rule_ids: list[str]
-    risk_flags: list[str]
+    rule_ids: tuple[str, ...]
+    risk_flags: tuple[str, ...]
     reason: str
     policy_version: str
-    actions: list[str]
+    actions: tuple[str, ...]
     compensation_kind: str | None
     compensation_fen: int | None
     event_day: date
@@ -80,56 +81,74 @@ class Saved:
     outbox_batch: str | None
 
 
-#: The staging table, created per session: temporary (no WAL), emptied by each batch.
-STAGE_COLUMNS = (
-    "seq", "event_id", "order_id", "exception_type", "platform", "merchant_id", "buyer_id",
-    "category", "amount_fen", "occurred_at", "outcome", "rule_ids", "risk_flags", "reason",
-    "policy_version", "actions", "compensation_kind", "compensation_fen", "event_day",
-    "source_topic", "source_partition", "source_offset", "event", "payload",
-    "from_status",
+#: The staging table, created per session: temporary (no WAL), emptied by each batch. It is filled
+#: by a binary COPY, which psycopg formats in C about ten times faster than text (no timestamp,
+#: number or bytea text conversions on either side), so every column has a plain scalar type:
+#: event ids as text (cast once per statement), the three lists as text joined by LIST_SEPARATOR.
+STAGE = (
+    ("seq", "int4"), ("event_id", "text"), ("order_id", "text"), ("exception_type", "text"),
+    ("platform", "text"), ("merchant_id", "text"), ("buyer_id", "text"), ("category", "text"),
+    ("amount_fen", "int8"), ("occurred_at", "timestamptz"), ("outcome", "text"),
+    ("rule_ids", "text"), ("risk_flags", "text"), ("reason", "text"),
+    ("policy_version", "text"), ("actions", "text"), ("compensation_kind", "text"),
+    ("compensation_fen", "int8"), ("event_day", "date"), ("source_topic", "text"),
+    ("source_partition", "int4"), ("source_offset", "int8"), ("event", "text"),
+    ("payload", "bytea"), ("from_status", "text"),
 )  # fmt: skip
-CREATE_STAGE = """CREATE TEMP TABLE IF NOT EXISTS decision_stage (
-    seq int NOT NULL, event_id uuid NOT NULL, order_id text NOT NULL,
-    exception_type text NOT NULL, platform text NOT NULL, merchant_id text NOT NULL,
-    buyer_id text NOT NULL, category text NOT NULL, amount_fen bigint NOT NULL,
-    occurred_at timestamptz NOT NULL, outcome text NOT NULL, rule_ids text[] NOT NULL,
-    risk_flags text[] NOT NULL, reason text NOT NULL, policy_version text NOT NULL,
-    actions text[] NOT NULL, compensation_kind text, compensation_fen bigint,
-    event_day date NOT NULL, source_topic text NOT NULL, source_partition int NOT NULL,
-    source_offset bigint NOT NULL, event text NOT NULL,
-    payload bytea NOT NULL, from_status text)"""
+STAGE_COLUMNS = tuple(name for name, _ in STAGE)
+NULLABLE_STAGE_COLUMNS = frozenset({"compensation_kind", "compensation_fen", "from_status"})
+CREATE_STAGE = "CREATE TEMP TABLE IF NOT EXISTS decision_stage ({})".format(
+    ", ".join(
+        f"{name} {kind}{'' if name in NULLABLE_STAGE_COLUMNS else ' NOT NULL'}"
+        for name, kind in STAGE
+    )
+)
+COPY_STAGE = f"COPY decision_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+#: Joins a row's rule ids, risk flags and actions into one stage column: the ASCII unit separator,
+#: which no identifier contains (rule ids, action and flag names are lower-case words and dots).
+LIST_SEPARATOR = "\x1f"
 
-#: Insert the decisions; those already present are removed from the stage (and returned) so no
-#: statement after this one writes their effects again.
-INSERT_DECISIONS = """WITH fresh AS (
-    INSERT INTO decisions (event_id, order_id, exception_type, platform, merchant_id, buyer_id,
-        category, amount_fen, occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
-        source_topic, source_partition, source_offset, event)
-    SELECT event_id, order_id, exception_type, platform, merchant_id, buyer_id, category,
-           amount_fen, occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
-           source_topic, source_partition, source_offset, event::json
+
+def _list(column: str) -> str:
+    """SQL: a stage list column back as text[] (an empty string is the empty array)."""
+    return f"string_to_array({column}, E'\\x1f')"
+
+
+#: The decisions; one already present (a redelivery, or a concurrent worker) is left untouched.
+#: The common case is that all are new, which the row count tells without anything returned.
+INSERT_DECISIONS = f"""INSERT INTO decisions (event_id, order_id, exception_type, platform,
+        merchant_id, buyer_id, category, amount_fen, occurred_at, outcome, rule_ids, risk_flags,
+        reason, policy_version, source_topic, source_partition, source_offset, event)
+    SELECT event_id::uuid, order_id, exception_type, platform, merchant_id, buyer_id, category,
+           amount_fen, occurred_at, outcome, {_list("rule_ids")}, {_list("risk_flags")}, reason,
+           policy_version, source_topic, source_partition, source_offset, event::json
     FROM decision_stage ORDER BY seq
-    ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id)
-DELETE FROM decision_stage s WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.event_id = s.event_id)
-RETURNING s.event_id::text"""
+    ON CONFLICT (event_id) DO NOTHING"""
+
+#: Only when some decision was already there: drop it from the stage (returning its id) so no
+#: statement after this one writes its effects again. A row this transaction inserted carries its
+#: transaction id as xmin; one found with another was there before.
+DROP_EXISTING = """DELETE FROM decision_stage s USING decisions d
+    WHERE d.event_id = s.event_id::uuid AND d.xmin <> pg_current_xact_id()::xid
+    RETURNING s.event_id"""
 
 FAN_OUT = (
-    """INSERT INTO actions (event_id, seq, action)
-       SELECT s.event_id, a.n - 1, a.action
-       FROM decision_stage s, unnest(s.actions) WITH ORDINALITY AS a(action, n)
+    f"""INSERT INTO actions (event_id, seq, action)
+       SELECT s.event_id::uuid, a.n - 1, a.action
+       FROM decision_stage s, unnest({_list("s.actions")}) WITH ORDINALITY AS a(action, n)
        ON CONFLICT DO NOTHING""",
     """INSERT INTO compensations (order_id, exception_type, kind, amount_fen, buyer_id,
            event_day, event_id)
        SELECT order_id, exception_type, compensation_kind, compensation_fen, buyer_id,
-              event_day, event_id
+              event_day, event_id::uuid
        FROM decision_stage WHERE compensation_kind IS NOT NULL ORDER BY seq
        ON CONFLICT (order_id, exception_type) DO NOTHING""",
-    """INSERT INTO audit_log (order_id, exception_type, event_id, from_status, to_status,
+    f"""INSERT INTO audit_log (order_id, exception_type, event_id, from_status, to_status,
            detail)
-       SELECT order_id, exception_type, event_id, from_status, outcome,
-              jsonb_build_object('rule_ids', rule_ids, 'policy_version', policy_version,
-                                 'actions', actions)
+       SELECT order_id, exception_type, event_id::uuid, from_status, outcome,
+              jsonb_build_object('rule_ids', {_list("rule_ids")},
+                                 'policy_version', policy_version,
+                                 'actions', {_list("actions")})
        FROM decision_stage ORDER BY seq""",
     # One row per case (an upsert may touch a row once per statement): the batch's last
     # decision sets the status, its earliest event opens the case.
@@ -138,7 +157,7 @@ FAN_OUT = (
        SELECT DISTINCT ON (order_id, exception_type)
               order_id, exception_type, platform, merchant_id, buyer_id, outcome,
               min(occurred_at) OVER (PARTITION BY order_id, exception_type), now(),
-              CASE WHEN outcome = 'recovered' THEN now() END, event_id
+              CASE WHEN outcome = 'recovered' THEN now() END, event_id::uuid
        FROM decision_stage ORDER BY order_id, exception_type, seq DESC
        ON CONFLICT (order_id, exception_type) DO UPDATE SET
            status = excluded.status,
@@ -150,7 +169,7 @@ FAN_OUT = (
 
 #: The batch's outcomes as one outbox row (none when every decision was already there).
 INSERT_OUTBOX_BATCH = """INSERT INTO outbox_batches (batch_id, event_ids, order_ids, payloads)
-    SELECT %s, array_agg(event_id ORDER BY seq), array_agg(order_id ORDER BY seq),
+    SELECT %s, array_agg(event_id::uuid ORDER BY seq), array_agg(order_id ORDER BY seq),
            array_agg(payload ORDER BY seq)
     FROM decision_stage HAVING count(*) > 0
     ON CONFLICT (batch_id) DO NOTHING"""
@@ -289,19 +308,22 @@ class PostgresStore:
         of its effects is written twice."""
         conn = self._connection()
         started = time.perf_counter()
+        batch_id = str(uuid.uuid4())
         with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(f"COPY decision_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN") as copy:
+            with cur.copy(COPY_STAGE) as copy:
+                copy.set_types(STAGE_TYPES)
+                write_row = copy.write_row
                 for seq, r in enumerate(rows):
-                    copy.write_row(_stage_row(seq, r))
+                    write_row((seq, *_stage_values(r)))
+            inserted = cur.execute(INSERT_DECISIONS).rowcount
+            existing: set[str] = set()
+            if inserted != len(rows):
+                existing = {row[0] for row in cur.execute(DROP_EXISTING).fetchall()}
             with conn.pipeline():
-                taken = conn.cursor()
-                taken.execute(INSERT_DECISIONS)
                 for statement in FAN_OUT:
                     conn.execute(statement)
-                batch_id = str(uuid.uuid4())
                 outbox = conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
                 conn.execute("TRUNCATE decision_stage")
-            existing = {row[0] for row in taken.fetchall()}
             written = outbox.rowcount == 1
         self.last_transaction_s = time.perf_counter() - started
         fresh = [r.event_id for r in rows if r.event_id not in existing]
@@ -379,17 +401,13 @@ def _fetch_pipelined(
             cursor.close()
 
 
-def _text_array(items: Sequence[str]) -> str:
-    """A text[] literal for COPY, built here rather than by psycopg's per-element list dumper
-    (the hot spot of the old path). Elements are quoted, so any string is safe."""
-    return (
-        "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
-    )
+STAGE_TYPES = [kind for _, kind in STAGE]
 
 
-def _stage_row(seq: int, r: DecisionRow) -> tuple[Any, ...]:
+def _stage_values(r: DecisionRow) -> tuple[Any, ...]:
+    """The row's stage columns after `seq`, in STAGE order."""
+    sep = LIST_SEPARATOR
     return (
-        seq,
         r.event_id,
         r.order_id,
         r.exception_type,
@@ -400,11 +418,11 @@ def _stage_row(seq: int, r: DecisionRow) -> tuple[Any, ...]:
         r.amount_fen,
         r.occurred_at,
         r.outcome,
-        _text_array(r.rule_ids),
-        _text_array(r.risk_flags),
+        sep.join(r.rule_ids),
+        sep.join(r.risk_flags),
         r.reason,
         r.policy_version,
-        _text_array(r.actions),
+        sep.join(r.actions),
         r.compensation_kind,
         r.compensation_fen,
         r.event_day,

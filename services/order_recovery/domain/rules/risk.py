@@ -8,7 +8,7 @@ review before any automatic action"), so an expired big order stays expired.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from msgspec import Struct
 
 from order_recovery.domain.decision import ActionType, CompensationKind, RiskFlag
 from order_recovery.domain.events import Event, GoodsCategory, PaymentTimeout
@@ -17,8 +17,7 @@ from order_recovery.domain.policy import Policy
 from order_recovery.domain.rules.common import Verdict, yuan
 
 
-@dataclass(frozen=True, slots=True)
-class RiskHit:
+class RiskHit(Struct, frozen=True, gc=False):
     flag: RiskFlag
     rule_id: str
     reason: str
