@@ -58,7 +58,8 @@ def outcome_json(event: Event, decision: Decision, *, decided_at: datetime) -> b
     """The message bytes of `outcome_event` (the same JSON), built for the worker's hot path:
     orjson writes the datetimes, enums and tuples itself, which costs a third of building the
     JSON-ready dict first (aware datetimes come out exactly as `isoformat()` writes them)."""
-    _iso(decided_at)  # the same refusal of a naive decision time
+    if decided_at.tzinfo is None:  # the same refusal as outcome_event's
+        raise ValueError("outcome timestamps must be timezone-aware")
     env = event.envelope
     comp = decision.compensation
     return orjson.dumps(
