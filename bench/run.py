@@ -15,7 +15,8 @@ Each measurement is repeated (default 3) and the medians are reported, with the 
 quote the ratios, not a lone absolute figure.
 
 Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20),
-BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured once each besides half the maximum), plus
+BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured once each besides half the maximum),
+BENCH_WORKER_ERR (a file for the workers' stderr, for diagnosis; discarded by default), plus
 the usual KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
 """
 
@@ -243,12 +244,13 @@ class WorkerRun:
             "ORDER_RECOVERY_WORKER_ID": name,
             "ORDER_RECOVERY_LOG_LEVEL": "WARNING",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "order_recovery.entrypoints.worker", "--runtime", runtime],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(os.environ.get("BENCH_WORKER_ERR", os.devnull), "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "order_recovery.entrypoints.worker", "--runtime", runtime],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
