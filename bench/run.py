@@ -22,6 +22,7 @@ the usual KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -253,10 +254,15 @@ class WorkerRun:
             )
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """The peak resident memory of the worker: of its process and every process it started
+        (the faust runtime runs its pipeline in a second process), summed."""
+        total = 0.0
+        for pid in process_tree(self.proc.pid):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -317,10 +323,29 @@ class CpuSample:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]  # idle + iowait
         workers = 0
-        for pid in pids:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            workers += int(stat[11]) + int(stat[12])  # utime + stime
+        for pid in (p for root in pids for p in process_tree(root)):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                workers += int(stat[11]) + int(stat[12])  # utime + stime
         return cls(sum(fields) - idle, sum(fields), workers)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
 
 
 @dataclass(frozen=True)

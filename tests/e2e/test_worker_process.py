@@ -278,6 +278,13 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
     wait_until(lambda: worker.get("/readyz")[0] == 200, 30, "ready again")
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_mid_feed_then_restart_decides_everything_once(
     settings: Settings, workers: Workers
 ) -> None:
@@ -286,8 +293,13 @@ def test_sigkill_mid_feed_then_restart_decides_everything_once(
     worker = workers.start(ORDER_RECOVERY_BATCH_SIZE="50")
     produce_events(settings, events)
     wait_until(lambda: decision_count(settings.database_url) > 300, 60, "some decisions")
+    helpers = worker.children()
+    assert helpers or worker.runtime == "confluent", "the faust runtime runs its pipeline apart"
     worker.signal(signal.SIGKILL)
     worker.wait_exit(10)
+    # A process the worker started (faust's pipeline) must not outlive it: it would go on
+    # holding the metrics port and a batch nobody will acknowledge.
+    wait_until(lambda: not any(map(alive, helpers)), 10, "the killed worker's processes to end")
     at_kill = decision_count(settings.database_url)
     assert at_kill < unique, "the kill came too late to interrupt anything"
     workers.start(name="worker-restarted")

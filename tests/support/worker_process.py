@@ -99,6 +99,20 @@ class WorkerProcess:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def children(self) -> list[int]:
+        """Processes the worker started that are still alive (the faust runtime's pipeline)."""
+        assert self.proc is not None
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == self.proc.pid and stat[0] != "Z":
+                    found.append(int(entry.name))
+        return found
+
     def wait_exit(self, timeout_s: float) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout=timeout_s)
