@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 
 import orjson
 import psycopg
@@ -280,3 +280,23 @@ def test_every_stored_column_says_what_the_rules_decided(
         message = orjson.loads(payload)
         validate_outcome(message)
         assert message["decision"] == expected[message["source_event_id"]].to_dict()
+
+
+def test_the_history_read_takes_keys_the_joined_form_cannot_carry(settings: Settings) -> None:
+    """A looser schema directory could admit an id holding the list separator: the read must
+    then still find exactly that key (the binary-array fallback)."""
+    odd = "ord\x1fodd"
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO recovery_cases (order_id, exception_type, platform, merchant_id,
+                   buyer_id, status, opened_at, updated_at, last_event_id)
+               VALUES (%s, 'shipping-delay', 'douyin', 'm', 'b', 'pending', now(), now(),
+                       gen_random_uuid())""",
+            (odd,),
+        )
+    store = PostgresStore(settings.database_url)
+    try:
+        found = store.load_history(HistoryKeys([odd, "ord-plain"], [("b", date(2026, 12, 1))]))
+    finally:
+        store.close()
+    assert found.case_status == {(odd, "shipping-delay"): "pending"}
