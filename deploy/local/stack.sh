@@ -215,6 +215,11 @@ EOF
   # this line get it too).
   grep -q '^track_commit_timestamp' "$PG_DATA/postgresql.conf" \
     || echo "track_commit_timestamp = on" >>"$PG_DATA/postgresql.conf"
+  # The project's settings (deploy/local/postgres/order-recovery.conf), fresh on every start.
+  cp "$ROOT/deploy/local/postgres/order-recovery.conf" "$PG_DATA/order-recovery.conf"
+  [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$PG_DATA/order-recovery.conf"
+  grep -q "^include_if_exists = 'order-recovery.conf'" "$PG_DATA/postgresql.conf" \
+    || echo "include_if_exists = 'order-recovery.conf'" >>"$PG_DATA/postgresql.conf"
   rm -f "$PG_DATA/postmaster.pid"
   touch "$LOGS/postgres.log" && { [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$LOGS/postgres.log"; }
   setsid bash -c "$(declare -f as_pg); PG_OS_USER=$PG_OS_USER; as_pg '$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$LOGS/postgres.log' -w -t '$READY_TIMEOUT' start" \
