@@ -166,6 +166,28 @@ def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
     assert len(outcomes) == len(events)
 
 
+def test_each_batch_leaves_the_stage_empty_and_writes_its_own_outbox_row(
+    settings: Settings,
+) -> None:
+    """The stage is emptied by the commit itself (ON COMMIT DELETE ROWS): rows left over from
+    one batch would send the next down the keyed path and into the wrong outbox row."""
+    events = list({e["event_id"]: e for e in sample_events(60, seed=13)}.values())
+    store = PostgresStore(settings.database_url)
+    pipeline = make_pipeline(settings, store)
+    try:
+        first = pipeline.process(_records(settings, events[:25]))
+        second = pipeline.process(_records(settings, events[25:], start_offset=25))
+        row = store._connection().execute("SELECT count(*) FROM decision_stage").fetchone()
+    finally:
+        store.close()
+    assert (first.decided, second.decided, row) == (25, len(events) - 25, (0,))
+    with psycopg.connect(settings.database_url) as conn:
+        sizes = conn.execute(
+            "SELECT cardinality(event_ids) FROM outbox_batches ORDER BY created_at"
+        ).fetchall()
+    assert sizes == [(25,), (len(events) - 25,)]
+
+
 def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_ids(
     settings: Settings, pipeline: Pipeline
 ) -> None:

@@ -83,7 +83,9 @@ class Saved:
     outbox_batch: str | None
 
 
-#: The staging table, created per session: temporary (no WAL), emptied by each batch. It is filled
+#: The staging table, created per session: temporary (no WAL), emptied when each batch's transaction
+#: commits (ON COMMIT DELETE ROWS truncates it in place: half the Postgres time of a TRUNCATE
+#: statement, which gives the table a new file every batch) or rolls back. It is filled
 #: by a binary COPY, which psycopg formats in C about ten times faster than text (no timestamp,
 #: number or bytea text conversions on either side), so every column has a plain scalar type:
 #: event ids as text (cast once per statement), the three lists as text joined by LIST_SEPARATOR.
@@ -99,7 +101,7 @@ STAGE = (
 )  # fmt: skip
 STAGE_COLUMNS = tuple(name for name, _ in STAGE)
 NULLABLE_STAGE_COLUMNS = frozenset({"compensation_kind", "compensation_fen", "from_status"})
-CREATE_STAGE = "CREATE TEMP TABLE IF NOT EXISTS decision_stage ({})".format(
+CREATE_STAGE = "CREATE TEMP TABLE IF NOT EXISTS decision_stage ({}) ON COMMIT DELETE ROWS".format(
     ", ".join(
         f"{name} {kind}{'' if name in NULLABLE_STAGE_COLUMNS else ' NOT NULL'}"
         for name, kind in STAGE
@@ -351,7 +353,6 @@ class PostgresStore:
                 for statement in FAN_OUT:
                     conn.execute(statement)
                 outbox = conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
-                conn.execute("TRUNCATE decision_stage")
             written = outbox.rowcount == 1
         fresh = [r.event_id for r in rows if r.event_id not in existing]
         return Saved(fresh, batch_id if written else None)
