@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,17 @@ def drop_database(admin_url: str, dsn: str) -> None:
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    """A fresh migrated database, dropped however the measurement ends: a failed or interrupted
+    run left 200,000-decision databases behind, and autovacuum kept visiting them."""
+    dsn = fresh_database(admin_url)
+    try:
+        yield dsn
+    finally:
+        drop_database(admin_url, dsn)
 
 
 def preload(settings: Settings, events: list[dict[str, Any]]) -> None:
@@ -523,28 +534,25 @@ def main() -> int:
         for rep in range(1, repeat + 1):
             log(f"repetition {rep}/{repeat}")
             samples["floor_a_rps"].append(floor_a(settings, total))
-            dsn = fresh_database(admin_url)
-            samples["floor_b_rps"].append(floor_b(settings, total, dsn))
-            drop_database(admin_url, dsn)
+            with scratch_database(admin_url) as dsn:
+                samples["floor_b_rps"].append(floor_b(settings, total, dsn))
             samples["floor_c_rps"].append(floor_c(settings, total))
             for runtime in ("confluent", "faust"):
-                dsn = fresh_database(admin_url)
                 group = replace(
                     settings, consumer_group=f"{settings.consumer_group}-{runtime}{rep}"
                 )
-                figures = worker_rate(group, dsn, runtime, decisions)
+                with scratch_database(admin_url) as dsn:
+                    figures = worker_rate(group, dsn, runtime, decisions)
                 samples[f"worker_{runtime}_rps"].append(figures.rate)
                 samples["worker_peak_rss_mb"].append(figures.peak_rss_mb)
                 samples[f"worker_{runtime}_cpu_us_per_event"].append(figures.worker_cpu_us)
                 samples[f"worker_{runtime}_other_cpu_us_per_event"].append(figures.other_cpu_us)
                 samples[f"worker_{runtime}_machine_busy_pct"].append(figures.machine_busy_pct)
-                drop_database(admin_url, dsn)
-            dsn = fresh_database(admin_url)
             group = replace(settings, consumer_group=f"{settings.consumer_group}-two{rep}")
-            two = worker_rate(group, dsn, "confluent", decisions, processes=2)
+            with scratch_database(admin_url) as dsn:
+                two = worker_rate(group, dsn, "confluent", decisions, processes=2)
             samples["two_workers_rps"].append(two.rate)
             samples["worker_peak_rss_mb"].append(two.peak_rss_mb)
-            drop_database(admin_url, dsn)
             log("  " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in samples.items() if v))
     finally:
         delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
