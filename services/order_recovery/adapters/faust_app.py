@@ -148,6 +148,10 @@ def run(settings: Settings) -> int:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
+            if not draining.is_set():
+                await slots.acquire()
+            # Checked again after waiting for a slot: the stop may have begun meanwhile, and a
+            # batch sent after its Drain would be written but never acknowledged.
             if draining.is_set():
                 # Arrived after the stop began: leave it unacked for the next owner.
                 while not drained.is_set():
@@ -155,7 +159,6 @@ def run(settings: Settings) -> int:
                 exit_now(0, "stop requested")
             for event in events:
                 event.message.incref()  # held until the batch's Finished releases it
-            await slots.acquire()
             handed.append(events)
             pipeline.submit([_record(e) for e in events])
 
