@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 RELAY_INTERVAL_S = 5.0
 RELAY_MIN_AGE_S = 30.0
 RELAY_BATCHES = 10  # outbox batches per pass (a batch holds up to a consumer batch of outcomes)
+#: The exit code of a worker whose pipeline failed outside any single event: a bug. Nothing after
+#: it is trusted or committed; the supervisor restarts the worker and the batch is redelivered.
+EXIT_BUG = 70
 
 
 class Worker:
@@ -63,6 +66,18 @@ class Worker:
         self._relay = threading.Thread(target=self._relay_loop, name="outbox-relay", daemon=True)
 
     # ------------------------------------------------------------------ readiness
+
+    def exit_code_for(self, exc: Exception) -> int:
+        """The process's exit code after the pipeline raised: 0 when a stop gave up a batch that
+        was waiting out an outage (it is redelivered), EXIT_BUG for anything else."""
+        if self.stop.is_set() and transient_cause(exc):
+            log.warning("stopped while a batch waited out an outage; it will be redelivered")
+            return 0
+        log.critical(
+            "pipeline failed outside any single event; exiting without committing", exc_info=exc
+        )
+        return EXIT_BUG
+
     def is_ready(self) -> bool:
         return self._consuming and self._healthy and not self.stop.is_set()
 

@@ -30,7 +30,7 @@ from tests.support.kafka_io import (
     wait_until,
 )
 from tests.support.reference import expected_decisions
-from tests.support.worker_process import WorkerProcess
+from tests.support.worker_process import WorkerProcess, alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -276,13 +276,6 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
     assert worker.metric("order_recovery_dead_lettered_total") == 0
     assert worker.metric("order_recovery_retries_total", cause="pg_unavailable") > 0
     wait_until(lambda: worker.get("/readyz")[0] == 200, 30, "ready again")
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_sigkill_mid_feed_then_restart_decides_everything_once(

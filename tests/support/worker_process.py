@@ -21,6 +21,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first, then the parent's
+    pid), or None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting for its parent."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 class WorkerProcess:
     def __init__(
         self,
@@ -104,13 +119,9 @@ class WorkerProcess:
         assert self.proc is not None
         found = []
         for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(stat[1]) == self.proc.pid and stat[0] != "Z":
-                    found.append(int(entry.name))
+            stat = proc_stat(int(entry.name)) if entry.name.isdigit() else None
+            if stat is not None and int(stat[1]) == self.proc.pid and stat[0] != "Z":
+                found.append(int(entry.name))
         return found
 
     def wait_exit(self, timeout_s: float) -> int:

@@ -27,14 +27,12 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from order_recovery.adapters.retry import transient_cause
 from order_recovery.config import Settings
 from order_recovery.pipeline import BatchResult, SourceRecord
 from order_recovery.worker import Worker
 
 log = logging.getLogger(__name__)
 
-EXIT_BUG = 70
 LAG_REFRESH_S = 5.0
 
 
@@ -150,14 +148,7 @@ class ConfluentRuntime:
         try:
             done = pipeline.submit(records) if records else pipeline.drain()
         except Exception as exc:
-            if self.worker.stop.is_set() and transient_cause(exc):
-                log.warning("stopping with an unfinished batch; it will be redelivered")
-                return 0
-            log.critical(
-                "pipeline failed outside any single event; exiting without committing",
-                exc_info=True,
-            )
-            return EXIT_BUG
+            return self.worker.exit_code_for(exc)
         finally:
             self._resume()
         for result in done:

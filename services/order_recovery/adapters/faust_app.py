@@ -148,12 +148,11 @@ def run(settings: Settings) -> int:
         async for events in stream.take_events(
             settings.batch_size, within=settings.batch_timeout_s
         ):
-            if not draining.is_set():
-                await slots.acquire()
-            # Checked again after waiting for a slot: the stop may have begun meanwhile, and a
-            # batch sent after its Drain would be written but never acknowledged.
+            # A slot frees when a batch finishes, so this returns during a drain at the latest.
+            await slots.acquire()
             if draining.is_set():
-                # Arrived after the stop began: leave it unacked for the next owner.
+                # Arrived, or got its slot, after the stop began: a batch sent after the Drain
+                # would be written but never acknowledged. Leave it unacked for the next owner.
                 while not drained.is_set():
                     await asyncio.sleep(0.02)
                 exit_now(0, "stop requested")

@@ -31,13 +31,12 @@ from typing import Any
 
 import msgspec
 
-from order_recovery.adapters.retry import transient_cause
 from order_recovery.config import Settings
 from order_recovery.pipeline import BatchResult, SourceRecord
+from order_recovery.worker import EXIT_BUG, Worker
 
 log = logging.getLogger(__name__)
 
-EXIT_BUG = 70
 PARENT_CHECK_S = 0.5
 
 
@@ -97,8 +96,6 @@ def serve(settings: Settings, conn: Connection, parent_pid: int) -> None:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    from order_recovery.worker import Worker  # here: the parent never connects to anything
-
     worker = Worker(settings, runtime="faust")
     worker.start_background()
     try:
@@ -117,9 +114,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     os._exit(0)
 
 
-def _serve(worker: Any, conn: Connection, idle_s: float) -> int:
-    """The exit code: 0 when told to exit or orphaned, EXIT_BUG when the pipeline failed outside
-    any single event (nothing after that is trusted; the batch is redelivered to a restart).
+def _serve(worker: Worker, conn: Connection, idle_s: float) -> int:
+    """The exit code: 0 when told to exit or orphaned, else `Worker.exit_code_for` the failure
+    (EXIT_BUG for a bug outside any single event: the batch is redelivered to a restart).
 
     Control messages are handled by a reader thread as they arrive, so a batch waiting out an
     outage still gets its lag reported and still hears `Stopping`; batches and drains queue up
@@ -144,11 +141,7 @@ def _serve(worker: Any, conn: Connection, idle_s: float) -> int:
             else:
                 results = pipeline.drain()
         except Exception as exc:
-            if worker.stop.is_set() and transient_cause(exc):
-                log.warning("stopped while a batch waited out an outage; it will be redelivered")
-                return 0
-            log.critical("pipeline failed outside any single event", exc_info=True)
-            return EXIT_BUG
+            return worker.exit_code_for(exc)
         in_flight = isinstance(message, Batch)
         for result in results:
             conn.send_bytes(_encode(_finished(result)))
@@ -156,7 +149,7 @@ def _serve(worker: Any, conn: Connection, idle_s: float) -> int:
             conn.send_bytes(_encode(Drained()))
 
 
-def _read_controls(worker: Any, conn: Connection, work: queue.Queue[Any]) -> None:
+def _read_controls(worker: Worker, conn: Connection, work: queue.Queue[Any]) -> None:
     while True:
         try:
             message = _decode_in(conn.recv_bytes())
