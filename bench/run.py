@@ -5,7 +5,8 @@ One run, one broker, one topic set, N preloaded events (default 200,000 from the
   floor B  raw consume + COPY one row per event into Postgres + commit (the I/O limit)
   floor C  a faust agent that only counts events
   worker   each runtime, end to end: every event decided in Postgres, every outcome published
-  latency  produce -> decision committed (Postgres commit timestamp), at half the measured maximum
+  latency  produce -> decision committed (Postgres commit timestamp), at half the measured maximum,
+           in steady state (after a warm-up set is decided)
   scaling  two worker processes against one, same topic (6 partitions)
   CPU      during each worker run: the worker's CPU per decision, everything else's (Kafka,
            Postgres, this script), and how busy the machine's cores were; the figures that say
@@ -23,6 +24,7 @@ the usual KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -413,48 +415,32 @@ def latency(
     base: Settings, admin_url: str, runtime: str, rate: float, seconds: float
 ) -> tuple[float, float]:
     """p50/p99 ms from the producer's timestamp to the commit of the decision's transaction
-    (Postgres's commit timestamp of the row), at a fixed offered load."""
+    (Postgres's commit timestamp of the row), at a fixed offered load, in steady state: the clock
+    starts once the worker has decided a warm-up set (joined its group, got every partition,
+    connected, through a first batch), so a slow start is not counted as latency under load."""
     settings = fresh_settings(base, f"lat{uuid.uuid4().hex[:6]}")
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
     dsn = fresh_database(admin_url)
     run = WorkerRun(settings, dsn, runtime, "bench-latency")
+    # librdkafka's default linger (5 ms), as an upstream producer would run it; the record
+    # timestamp is taken at produce(), so the linger counts against our latency.
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     try:
-        time.sleep(5)  # joined and assigned before the clock starts
-        events = sample_events(int(rate * seconds), seed=99, duplicate_pct=0)
-        # librdkafka's default linger (5 ms), as an upstream producer would run it; the record
-        # timestamp is taken at produce(), so the linger counts against our latency.
-        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
-        started = time.perf_counter()
-        sent = 0
-        while sent < len(events):
-            # Everything due by now, then a millisecond's sleep: the offered load stays exact
-            # without a sleep call per event eating the cores the worker runs on.
-            due = min(len(events), int((time.perf_counter() - started) * rate) + 1)
-            for event in events[sent:due]:
-                producer.produce(
-                    settings.source_topic(event["event_type"]),
-                    key=event["order_id"].encode(),
-                    value=orjson.dumps(event),
-                )
-            sent = due
-            producer.poll(0)
-            time.sleep(0.001)
+        warm_up = sample_events(WARM_UP_EVENTS, seed=98, duplicate_pct=0)
+        for topic, key, value in _encoded(settings, warm_up):
+            producer.produce(topic, key=key, value=value)
         producer.flush(30)
-        deadline = time.monotonic() + 120
-        progress = Progress(dsn)
-        try:
-            while progress.counts() != (len(events), 0):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("latency run did not drain")
-                time.sleep(0.5)
-        finally:
-            progress.close()
+        _wait_for_decisions(dsn, WARM_UP_EVENTS, run, timeout_s=120)
+        messages = _encoded(settings, sample_events(int(rate * seconds), seed=99, duplicate_pct=0))
+        _offer(producer, messages, rate)
+        _wait_for_decisions(dsn, WARM_UP_EVENTS + len(messages), run, timeout_s=120)
         produced_at = _produce_timestamps(settings)
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(
                 """SELECT source_topic, source_partition, source_offset,
                           extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000
-                   FROM decisions"""
+                   FROM decisions WHERE event_id <> ALL(%s::uuid[])""",
+                ([e["event_id"] for e in warm_up],),
             ).fetchall()
         latencies = sorted(float(ms) - produced_at[(t, p, off)] for t, p, off, ms in rows)
         return _percentile(latencies, 50), _percentile(latencies, 99)
@@ -462,6 +448,55 @@ def latency(
         run.stop()
         drop_database(admin_url, dsn)
         delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
+
+
+#: Decided before the latency clock starts; enough to land on every partition.
+WARM_UP_EVENTS = 60
+
+
+def _encoded(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    return [
+        (settings.source_topic(e["event_type"]), e["order_id"].encode(), orjson.dumps(e))
+        for e in events
+    ]
+
+
+def _offer(producer: Producer, messages: list[tuple[str, bytes, bytes]], rate: float) -> None:
+    """Produce `messages` at `rate` per second. The messages are encoded beforehand and the
+    collector is off meanwhile: this script shares the worker's cores, and its own pauses (a full
+    collection of the prepared events took up to 90 ms) made the offered load come in bursts."""
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        sent = 0
+        while sent < len(messages):
+            # Everything due by now, then a millisecond's sleep: the offered load stays exact
+            # without a sleep call per event eating the cores the worker runs on.
+            due = min(len(messages), int((time.perf_counter() - started) * rate) + 1)
+            for topic, key, value in messages[sent:due]:
+                producer.produce(topic, key=key, value=value)
+            sent = due
+            producer.poll(0)
+            time.sleep(0.001)
+        producer.flush(30)
+    finally:
+        gc.enable()
+
+
+def _wait_for_decisions(dsn: str, count: int, run: WorkerRun, timeout_s: float) -> None:
+    """Until `count` decisions are written and every outcome is published."""
+    deadline = time.monotonic() + timeout_s
+    progress = Progress(dsn)
+    try:
+        while progress.counts() != (count, 0):
+            if run.proc.poll() is not None:
+                raise RuntimeError(f"latency worker exited with {run.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"latency run did not reach {count} decisions")
+            time.sleep(0.2)
+    finally:
+        progress.close()
 
 
 def _produce_timestamps(settings: Settings) -> dict[tuple[str, int, int], float]:
