@@ -103,19 +103,25 @@ def preload(settings: Settings, events: list[dict[str, Any]]) -> None:
         }
     )
     for i, event in enumerate(events):
+        topic, key, value = _message(settings, event)
         while True:
             try:
-                producer.produce(
-                    settings.source_topic(event["event_type"]),
-                    key=event["order_id"].encode(),
-                    value=orjson.dumps(event),
-                )
+                producer.produce(topic, key=key, value=value)
                 break
             except BufferError:
                 producer.poll(0.05)
         if i % 10000 == 0:
             producer.poll(0)
     assert producer.flush(60) == 0
+
+
+def _message(settings: Settings, event: dict[str, Any]) -> tuple[str, bytes, bytes]:
+    """An event as its producer sends it: (topic, key, value)."""
+    return (
+        settings.source_topic(event["event_type"]),
+        event["order_id"].encode(),
+        orjson.dumps(event),
+    )
 
 
 # ---------------------------------------------------------------------------- floors
@@ -420,18 +426,28 @@ def latency(
     connected, through a first batch), so a slow start is not counted as latency under load."""
     settings = fresh_settings(base, f"lat{uuid.uuid4().hex[:6]}")
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
-    dsn = fresh_database(admin_url)
+    try:
+        with scratch_database(admin_url) as dsn:
+            return _latency(settings, dsn, runtime, rate, seconds)
+    finally:
+        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
+
+
+def _latency(
+    settings: Settings, dsn: str, runtime: str, rate: float, seconds: float
+) -> tuple[float, float]:
     run = WorkerRun(settings, dsn, runtime, "bench-latency")
     # librdkafka's default linger (5 ms), as an upstream producer would run it; the record
-    # timestamp is taken at produce(), so the linger counts against our latency.
+    # timestamp is taken at produce(), so the linger counts against our latency. The warm-up
+    # goes through it too, so it is connected before the clock starts.
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     try:
         warm_up = sample_events(WARM_UP_EVENTS, seed=98, duplicate_pct=0)
-        for topic, key, value in _encoded(settings, warm_up):
-            producer.produce(topic, key=key, value=value)
-        producer.flush(30)
+        _offer(producer, [_message(settings, e) for e in warm_up], rate)
         _wait_for_decisions(dsn, WARM_UP_EVENTS, run, timeout_s=120)
-        messages = _encoded(settings, sample_events(int(rate * seconds), seed=99, duplicate_pct=0))
+        events = sample_events(int(rate * seconds), seed=99, duplicate_pct=0)
+        messages = [_message(settings, e) for e in events]
+        del events
         _offer(producer, messages, rate)
         _wait_for_decisions(dsn, WARM_UP_EVENTS + len(messages), run, timeout_s=120)
         produced_at = _produce_timestamps(settings)
@@ -446,19 +462,10 @@ def latency(
         return _percentile(latencies, 50), _percentile(latencies, 99)
     finally:
         run.stop()
-        drop_database(admin_url, dsn)
-        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
 
 
 #: Decided before the latency clock starts; enough to land on every partition.
 WARM_UP_EVENTS = 60
-
-
-def _encoded(settings: Settings, events: list[dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
-    return [
-        (settings.source_topic(e["event_type"]), e["order_id"].encode(), orjson.dumps(e))
-        for e in events
-    ]
 
 
 def _offer(producer: Producer, messages: list[tuple[str, bytes, bytes]], rate: float) -> None:

@@ -65,8 +65,7 @@ class Worker:
         self._http: HealthServer | None = None
         self._relay = threading.Thread(target=self._relay_loop, name="outbox-relay", daemon=True)
 
-    # ------------------------------------------------------------------ readiness
-
+    # ------------------------------------------------------------------ failure
     def exit_code_for(self, exc: Exception) -> int:
         """The process's exit code after the pipeline raised: 0 when a stop gave up a batch that
         was waiting out an outage (it is redelivered), EXIT_BUG for anything else."""
@@ -78,6 +77,7 @@ class Worker:
         )
         return EXIT_BUG
 
+    # ------------------------------------------------------------------ readiness
     def is_ready(self) -> bool:
         return self._consuming and self._healthy and not self.stop.is_set()
 

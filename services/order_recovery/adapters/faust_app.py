@@ -106,7 +106,7 @@ def run(settings: Settings) -> int:
     slots = asyncio.Semaphore(MAX_BATCHES_IN_HAND)
     draining = asyncio.Event()  # set once a stop signal arrived
     drained = asyncio.Event()  # set once the drain committed what was done
-    drains: list[asyncio.Future[None]] = []  # Drain requests waiting for their Drained
+    drains: deque[asyncio.Future[None]] = deque()  # Drain requests waiting for their Drained
 
     def exit_now(code: int, why: str) -> NoReturn:
         """Leave without letting faust ack (and commit) anything more: what was not finished is
@@ -126,7 +126,7 @@ def run(settings: Settings) -> int:
         slots.release()
 
     def on_drained() -> None:
-        drains.pop(0).set_result(None)
+        drains.popleft().set_result(None)
 
     loop: asyncio.AbstractEventLoop | None = None
 
