@@ -25,6 +25,7 @@ from order_recovery.domain.sample import sample_events
 from tests.support.kafka_io import (
     committed_offsets,
     produce_events,
+    produce_in_transaction,
     produce_raw,
     read_topic,
     wait_until,
@@ -244,6 +245,32 @@ def test_poison_is_dead_lettered_and_its_neighbours_decided(
         b"bad-2": b"schema_violation",
         b"bad-3": b"unknown_platform",
     }
+
+
+def test_records_of_an_aborted_transaction_are_never_decided(
+    settings: Settings, workers: Workers
+) -> None:
+    """An interrupted `dlq replay` (or any transactional producer that aborts) leaves its records
+    in the log with an abort marker after them: a consumer reading uncommitted data decides them
+    anyway. aiokafka reads uncommitted by default, librdkafka reads committed."""
+    events = list({e["event_id"]: e for e in feed(500, seed=99)}.values())
+    aborted, committed = events[:200], events[200:]
+    workers.start()
+    transactional_id = f"{settings.topic_prefix}aborting-producer"
+    produce_in_transaction(settings, aborted, commit=False, transactional_id=transactional_id)
+    produce_in_transaction(settings, committed, commit=True, transactional_id=transactional_id)
+    want = {e["event_id"] for e in committed}
+
+    def decided() -> set[str]:
+        rows = db_rows(settings.database_url, "SELECT event_id::text FROM decisions")
+        return {r[0] for r in rows}
+
+    # The aborted records come first in every partition: once the committed ones are decided,
+    # the aborted ones have been read (and skipped, or not).
+    wait_until(lambda: want <= decided(), 60, "the committed events' decisions")
+    leaked = decided() & {e["event_id"] for e in aborted}
+    assert not leaked, f"{len(leaked)} event(s) of the aborted transaction decided"
+    assert_exactly_once(settings, committed)
 
 
 @contextmanager

@@ -37,6 +37,37 @@ def produce_events(
     return n
 
 
+def produce_in_transaction(
+    settings: Settings, events: Iterable[dict[str, Any]], *, commit: bool, transactional_id: str
+) -> int:
+    """Each event to its type's topic inside one Kafka transaction, then committed or aborted:
+    an aborted transaction's records stay in the log, and only a read-committed consumer skips
+    them (the way `recoveryctl dlq replay` leaves them when it is interrupted)."""
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "transactional.id": transactional_id,
+            "linger.ms": 5,
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    n = 0
+    for event in events:
+        producer.produce(
+            settings.source_topic(event["event_type"]),
+            key=event["order_id"].encode(),
+            value=orjson.dumps(event),
+        )
+        n += 1
+    assert producer.flush(30) == 0, "transactional feed not fully acknowledged by the broker"
+    if commit:
+        producer.commit_transaction(30)
+    else:
+        producer.abort_transaction(30)
+    return n
+
+
 def produce_raw(
     settings: Settings,
     topic: str,

@@ -44,6 +44,9 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
+        # librdkafka's default, stated: the records of an aborted transaction (an interrupted
+        # `recoveryctl dlq replay`) are never decided.
+        "isolation.level": "read_committed",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from order_recovery.adapters.pipeline_process import (
     Consuming,
@@ -52,13 +53,41 @@ LAG_REFRESH_S = 5.0
 MAX_BATCHES_IN_HAND = 3
 
 
+class _ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust builds aiokafka's consumer with `isolation_level="read_uncommitted"` (aiokafka's
+    default) unless the app runs faust's own exactly-once mode, which we do not use (it commits
+    through a transactional producer per partition, and our effects are in Postgres). Reading
+    uncommitted, the worker decides the records of an aborted transaction, e.g. an interrupted
+    `recoveryctl dlq replay`. faust's only switch for the isolation level is the consumer's
+    `in_transaction` flag, read once while the consumer is built: raised for that call alone."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = self.consumer
+        in_transaction = consumer.in_transaction
+        consumer.in_transaction = True
+        try:
+            return super()._create_worker_consumer(transport)
+        finally:
+            consumer.in_transaction = in_transaction
+
+
+class _ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ReadCommittedTransport(faust_aiokafka.Transport):
+    Consumer = _ReadCommittedConsumer
+
+
 def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{hostport.strip()}" for hostport in bootstrap.split(",") if hostport.strip()]
 
 
 def create_app(settings: Settings) -> faust.App:
-    """A faust app bound to loopback, creating no topics of its own."""
-    return faust.App(
+    """A faust app bound to loopback, creating no topics of its own, reading only committed
+    records (like the confluent runtime: librdkafka's default)."""
+    app = faust.App(
         settings.consumer_group,
         broker=broker_urls(settings.kafka_bootstrap_servers),
         value_serializer="raw",
@@ -80,6 +109,8 @@ def create_app(settings: Settings) -> faust.App:
         # 100 MB of records in this process for no gain in throughput.
         broker_max_poll_records=500,
     )
+    app.transport = _ReadCommittedTransport(app.conf.broker_consumer, app)
+    return app
 
 
 def _record(event: Any) -> SourceRecord:
