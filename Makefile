@@ -14,7 +14,7 @@ export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
 export DATABASE_URL ?= postgresql://recovery@127.0.0.1:$(LOCAL_PG_PORT)/order_recovery
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test lint bench clean dashboard-png
+.PHONY: help venv up down status run test lint bench chaos clean dashboard-png
 
 help:
 	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate, run the worker (Ctrl-C stops it)"
@@ -22,6 +22,7 @@ help:
 	@echo "make up | down | status   the local services only"
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
+	@echo "make chaos   fault campaign: kills, pauses, crashes and rebalances under a feed (minutes)"
 	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
 
 $(VENV)/.installed: pyproject.toml
@@ -72,6 +73,20 @@ bench: venv
 	@$(STACK) up kafka postgres
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/contract.py
+
+# The fault campaign (tests/chaos, docs/reliability.md): real workers against the local stack, whose
+# Postgres and Kafka it kills and restarts, so nothing else should use the stack meanwhile. Starts
+# the stack if needed; leaves it up. Exit 1 if any invariant broke. CHAOS_SEED may list several
+# seeds (run in a row); CHAOS_ARGS passes anything else (python -m tests.chaos --help).
+CHAOS_SEED ?= 1
+CHAOS_RUNTIME ?= confluent
+CHAOS_EVENTS ?= 20000
+CHAOS_KILLS ?= 20
+CHAOS_ARGS ?=
+chaos: venv
+	@$(STACK) up kafka postgres
+	$(BIN)/python -m tests.chaos --seed $(CHAOS_SEED) --runtime $(CHAOS_RUNTIME) \
+	  --events $(CHAOS_EVENTS) --kills $(CHAOS_KILLS) $(CHAOS_ARGS)
 
 # The recovery-rate PNG of docs/observability.md: the real worker and a Prometheus of its own, fed a
 # known mix (about two minutes). Starts the services it needs and stops only those it started.

@@ -36,7 +36,12 @@ say() { printf '%s\n' "$*" >&2; }
 die() { say "stack: $*"; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# A zombie is dead: a service killed outright stays one until init reaps it (not at once everywhere).
+pid_alive() {
+  [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null || return 1
+  local state; state=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ "$state" != Z ]
+}
 read_pid() { [ -f "$1" ] && head -n1 "$1" | tr -dc '0-9' || true; }
 
 # Waits until CHECK succeeds; on timeout names the service and its log.

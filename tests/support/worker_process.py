@@ -44,8 +44,9 @@ class WorkerProcess:
         name: str = "worker",
         runtime: str = "faust",
         extra_env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = log_dir / f"{name}.log"
         self.env = {
             **os.environ,

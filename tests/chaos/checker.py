@@ -1,0 +1,346 @@
+"""After the feed drained: Postgres (decisions, actions, compensations, audit log) and the outcome
+and dead-letter topics held to the exactly-once invariants. Each check counts violations; a clean
+run has every count at 0.
+
+Which decisions are compared with the pure rules: the reference (tests/support/reference.py)
+decides each order's events in their partition's order, which Kafka guarantees. A decision that
+reads state written from another partition (a buyer's refunds that day, decided from two topics
+and by two workers at once) has no single right answer: it depends on which partition's event
+was decided first. Those decisions are "order-dependent" and are held to invariants instead:
+granted refunds per buyer per business day never above the policy's cap, and a refund intercepted
+for abuse only when the cap was reached. An event is order-dependent when
+- its verdict would refund (decided on an empty history) and its buyer has more such events that
+  business day, across the whole feed, than the cap: only then can the order matter; or
+- it is not a logistics exception and its order has a forged logistics exception (which revokes
+  the order's recovery right from another topic); or
+- an earlier event of the same order and exception type is order-dependent (the compensation and
+  payment-attempt history it leaves depends on that one's decision).
+Every other decision must equal the reference's: outcome, rule ids, actions and compensation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import Message
+
+from order_recovery.config import Settings
+from order_recovery.domain.contract import event_from_dict
+from order_recovery.domain.decision import ActionType, CompensationKind, Decision
+from order_recovery.domain.history import OrderHistory, business_day
+from order_recovery.domain.outcome import outcome_event_id
+from order_recovery.domain.policy import Policy, load_policies
+from order_recovery.domain.rules import decide
+from tests.chaos.feed import Feed
+from tests.support.kafka_io import read_topic
+from tests.support.reference import expected_decisions
+
+REFUND_ABUSE_RULE = "risk.refund_abuse_intercept"
+COMPENSATING_ACTIONS = (str(ActionType.ISSUE_COUPON), str(ActionType.AUTO_REFUND))
+
+#: The table's rows, in order: (key, label). Every count must be 0.
+CHECKS = (
+    ("lost", "lost: valid events without a decision"),
+    ("decided_twice", "decided twice"),
+    ("compensated_twice", "compensation twice for one order and exception type"),
+    ("refunds_over_cap", "refunds per buyer per day above the policy's cap"),
+    ("intercepts_under_cap", "refunds intercepted while the buyer was under the cap"),
+    ("differ_from_rules", "decisions that differ from the pure rules (order-independent ones)"),
+    ("outcomes_missing", "outcomes missing from the topic"),
+    ("offsets_backwards", "committed offsets that went backwards (a zombie's commit)"),
+    ("outcomes_out_of_order", "orders whose outcomes appeared out of order"),
+    ("poison_missing", "poison records missing from the DLQ"),
+    ("poison_twice", "poison records dead-lettered twice"),
+    ("unexpected", "valid events dead-lettered, or poison decided"),
+)
+
+
+@dataclass
+class Findings:
+    counts: dict[str, int]
+    examples: dict[str, list[str]]
+    info: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not any(self.counts.values())
+
+
+# ---------------------------------------------------------------------------- what is stored
+@dataclass(frozen=True, slots=True)
+class Stored:
+    decisions: dict[str, tuple[Any, ...]]  # event id -> row (see _DECISIONS)
+    actions: dict[str, tuple[str, ...]]
+    compensations: dict[str, tuple[str, int]]  # event id -> (kind, amount)
+    refunds_by_buyer_day: Counter[tuple[str, date]]
+    audit_rows: Counter[str]
+
+
+_DECISIONS = """SELECT event_id::text, order_id, exception_type, buyer_id, platform, occurred_at,
+    outcome, rule_ids, source_topic, source_partition, source_offset FROM decisions"""
+
+
+def read_stored(dsn: str) -> Stored:
+    with psycopg.connect(dsn) as conn:
+        decisions = {r[0]: r for r in conn.execute(_DECISIONS)}
+        actions: dict[str, list[str]] = defaultdict(list)
+        for event_id, action in conn.execute(
+            "SELECT event_id::text, action FROM actions ORDER BY event_id, seq"
+        ):
+            actions[event_id].append(action)
+        compensations = {}
+        refunds: Counter[tuple[str, date]] = Counter()
+        for event_id, kind, amount, buyer, day in conn.execute(
+            "SELECT event_id::text, kind, amount_fen, buyer_id, event_day FROM compensations"
+        ):
+            compensations[event_id] = (kind, amount)
+            if kind == str(CompensationKind.REFUND):
+                refunds[(buyer, day)] += 1
+        audit = Counter(
+            {
+                e: n
+                for e, n in conn.execute(
+                    "SELECT event_id::text, count(*) FROM audit_log GROUP BY 1"
+                )
+            }
+        )
+    return Stored(
+        decisions, {k: tuple(v) for k, v in actions.items()}, compensations, refunds, audit
+    )
+
+
+# ---------------------------------------------------------------------------- order dependence
+def _refunds(decision: Decision) -> bool:
+    comp = decision.compensation
+    return (
+        comp is not None and comp.kind is CompensationKind.REFUND
+    ) or ActionType.AUTO_REFUND in (
+        *decision.actions,
+        *decision.held_actions,
+    )
+
+
+def order_dependent(events: Iterable[dict[str, Any]], policies: dict[str, Policy]) -> set[str]:
+    """The event ids whose decision may depend on the order in which partitions are decided (see
+    the module docstring). `events`: unique, in an order every partition agrees with."""
+    parsed = [event_from_dict(e) for e in events]
+    would_refund: Counter[tuple[str, date]] = Counter()
+    forged: set[str] = set()
+    refunding: set[str] = set()
+    for event in parsed:
+        env = event.envelope
+        if _refunds(decide(event, OrderHistory(), policies[env.platform])):
+            refunding.add(env.event_id)
+            would_refund[(env.buyer_id, business_day(env.occurred_at))] += 1
+        if str(env.event_type) == "logistics-exception" and getattr(
+            event, "tracking_forged", False
+        ):
+            forged.add(env.order_id)
+    dependent: set[str] = set()
+    tainted: set[tuple[str, str]] = set()
+    for event in parsed:
+        env = event.envelope
+        key = (env.order_id, str(env.event_type))
+        cap = policies[env.platform].risk.max_buyer_refunds_per_day
+        if (
+            key in tainted
+            or (
+                env.event_id in refunding
+                and would_refund[(env.buyer_id, business_day(env.occurred_at))] > cap
+            )
+            or (str(env.event_type) != "logistics-exception" and env.order_id in forged)
+        ):
+            dependent.add(env.event_id)
+            tainted.add(key)
+    return dependent
+
+
+# ---------------------------------------------------------------------------- the checks
+def check(settings: Settings, feed: Feed, regressions: Iterable[str] = ()) -> Findings:
+    """`regressions`: committed offsets seen going backwards (GroupMonitor.regressions)."""
+    policies = load_policies()
+    stored = read_stored(settings.database_url)
+    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic, timeout_s=120)
+    letters = [
+        m
+        for topic in settings.source_topics
+        for m in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic(topic), 60)
+    ]
+    found: dict[str, list[str]] = defaultdict(list)
+    found["offsets_backwards"] = list(regressions)
+    info: dict[str, int] = {}
+
+    unique: dict[str, dict[str, Any]] = {}
+    for record in feed.valid:
+        assert record.event is not None
+        unique.setdefault(record.event["event_id"], record.event)
+    decided = set(stored.decisions)
+    found["lost"] = sorted(set(unique) - decided)
+    found["unexpected"] = [
+        f"decided, not a valid event: {e}" for e in sorted(decided - set(unique))
+    ]
+
+    expected = expected_decisions(list(unique.values()))
+    dependent = order_dependent(unique.values(), policies)
+    info["decisions compared with the rules"] = len(decided & set(unique) - dependent)
+    info["order-dependent decisions (held to invariants)"] = len(decided & dependent)
+    for event_id in sorted(decided & set(unique) - dependent):
+        difference = _differs(stored, event_id, expected[event_id])
+        if difference:
+            found["differ_from_rules"].append(f"{event_id}: {difference}")
+
+    found["decided_twice"] = [e for e, n in stored.audit_rows.items() if n > 1]
+    _check_compensations(stored, found)
+    _check_refund_cap(stored, policies, found, info)
+    _check_outcomes(stored, outcomes, found, info)
+    _check_dead_letters(settings, feed, letters, found, info)
+    return Findings(
+        {key: len(found.get(key, [])) for key, _ in CHECKS},
+        {key: found[key][:5] for key, _ in CHECKS if found.get(key)},
+        info,
+    )
+
+
+def _differs(stored: Stored, event_id: str, want: Decision) -> str:
+    row = stored.decisions[event_id]
+    got = (
+        row[6],
+        tuple(row[7]),
+        stored.actions.get(event_id, ()),
+        stored.compensations.get(event_id),
+    )
+    comp = want.compensation
+    expected = (
+        str(want.outcome),
+        tuple(want.rule_ids),
+        tuple(str(a) for a in want.actions),
+        None if comp is None else (str(comp.kind), comp.amount_fen),
+    )
+    return "" if got == expected else f"stored {got}, the rules say {expected}"
+
+
+def _check_compensations(stored: Stored, found: dict[str, list[str]]) -> None:
+    """A compensation granted twice for one order and exception type: two decisions whose
+    actions grant one, whatever the compensations table kept (its key refuses the second row,
+    but the decision and its outcome have told the buyer already)."""
+    granting: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for event_id, actions in stored.actions.items():
+        if any(a in COMPENSATING_ACTIONS for a in actions):
+            row = stored.decisions[event_id]
+            granting[(row[1], row[2])].append(event_id)
+    for (order_id, exception_type), events in sorted(granting.items()):
+        if len(events) > 1:
+            found["compensated_twice"].append(f"{order_id} {exception_type}: {sorted(events)}")
+
+
+def _check_refund_cap(
+    stored: Stored,
+    policies: dict[str, Policy],
+    found: dict[str, list[str]],
+    info: dict[str, int],
+) -> None:
+    granted: Counter[tuple[str, date]] = Counter()
+    intercepted: Counter[tuple[str, date]] = Counter()
+    caps: dict[tuple[str, date], int] = {}
+    for event_id, row in stored.decisions.items():
+        _, _, _, buyer, platform, occurred_at, _, rule_ids, *_ = row
+        day = (buyer, business_day(occurred_at))
+        cap = policies[platform].risk.max_buyer_refunds_per_day
+        caps[day] = min(cap, caps.get(day, cap))
+        if str(ActionType.AUTO_REFUND) in stored.actions.get(event_id, ()):
+            granted[day] += 1
+        if REFUND_ABUSE_RULE in rule_ids:
+            intercepted[day] += 1
+    for day, cap in sorted(caps.items()):
+        n = max(granted[day], stored.refunds_by_buyer_day[day])
+        if n > cap:
+            found["refunds_over_cap"] += [
+                f"{day[0]} {day[1]}: refund {i} > cap {cap}" for i in range(cap + 1, n + 1)
+            ]
+        if intercepted[day] and n < cap:
+            found["intercepts_under_cap"].append(
+                f"{day[0]} {day[1]}: {intercepted[day]} intercepted with {n} of {cap} granted"
+            )
+    info["buyer-days where the refund cap bound"] = sum(1 for d in intercepted if intercepted[d])
+    info["refunds intercepted at the cap"] = sum(intercepted.values())
+
+
+def _check_outcomes(
+    stored: Stored, outcomes: list[Message], found: dict[str, list[str]], info: dict[str, int]
+) -> None:
+    """Every decision's outcome on the topic; per order and source topic, the FIRST appearance of
+    each outcome (consumers dedupe on its event_id) in the order of the source offsets. A later
+    copy of an outcome already seen is a resend: allowed, counted."""
+    first: dict[str, tuple[int, int]] = {}
+    copies: dict[str, set[bytes]] = defaultdict(set)
+    for m in outcomes:
+        outcome = orjson.loads(m.value())
+        outcome_id = outcome["event_id"]
+        position = (m.partition() or 0, m.offset() or 0)
+        if outcome_id not in first or position < first[outcome_id]:
+            first[outcome_id] = position
+        copies[outcome["source_event_id"]].add(
+            orjson.dumps(outcome["decision"], option=orjson.OPT_SORT_KEYS)
+        )
+    info["outcome records"] = len(outcomes)
+    info["outcome resends (allowed)"] = len(outcomes) - len(first)
+    found["decided_twice"] += [
+        f"{e}: {len(c)} different decisions published" for e, c in copies.items() if len(c) > 1
+    ]
+    by_order: dict[tuple[str, str], list[tuple[tuple[int, int], int, str]]] = defaultdict(list)
+    for event_id, row in stored.decisions.items():
+        outcome_id = outcome_event_id(event_id)
+        if outcome_id not in first:
+            found["outcomes_missing"].append(event_id)
+            continue
+        by_order[(row[1], row[8])].append((first[outcome_id], row[10], event_id))
+    for (order_id, topic), seen in sorted(by_order.items()):
+        offsets = [source_offset for _, source_offset, _ in sorted(seen)]
+        if offsets != sorted(offsets):
+            found["outcomes_out_of_order"].append(
+                f"{order_id} ({topic}): outcomes first seen for source offsets {offsets}"
+            )
+
+
+def dead_letter_identity(message: Message) -> str:
+    """`dlq.id` when the worker sets it, else the original topic/partition/offset headers."""
+    headers = {k: (v or b"").decode(errors="replace") for k, v in message.headers() or ()}
+    if "dlq.id" in headers:
+        return headers["dlq.id"]
+    return "/".join(headers.get(f"dlq.original.{h}", "?") for h in ("topic", "partition", "offset"))
+
+
+def _check_dead_letters(
+    settings: Settings,
+    feed: Feed,
+    letters: list[Message],
+    found: dict[str, list[str]],
+    info: dict[str, int],
+) -> None:
+    by_identity = Counter(dead_letter_identity(m) for m in letters)
+    classes = Counter(
+        dict(m.headers() or ()).get("dlq.error.class", b"?").decode() for m in letters
+    )
+    info.update({f"dead letters: {c}": n for c, n in sorted(classes.items())})
+    poison_ids = set()
+    for record in feed.poison:
+        topic = settings.source_topic(record.event_type)
+        identity = f"{topic}/{record.partition}/{record.offset}"
+        poison_ids.add(identity)
+        if record.partition < 0:
+            found["poison_missing"].append(f"{record.kind}: never acknowledged by the broker")
+        elif by_identity[identity] == 0:
+            found["poison_missing"].append(f"{record.kind} at {identity}")
+        elif by_identity[identity] > 1:
+            found["poison_twice"].append(
+                f"{record.kind} at {identity}: {by_identity[identity]} letters"
+            )
+    found["unexpected"] += [
+        f"dead letter for {i} (not poison)" for i in by_identity if i not in poison_ids
+    ]
