@@ -60,6 +60,9 @@ class Settings:
     topic_replication_factor: int = 1
     consumer_group: str = "order-recovery"
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # Static group membership (KIP-345): a stable id per replica (a pod name, a systemd instance
+    # name), never shared by two running workers. None: dynamic membership, as before.
+    group_instance_id: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     batch_size: int = 2000
@@ -83,6 +86,7 @@ class Settings:
             topic_replication_factor=_int(env, "ORDER_RECOVERY_TOPIC_REPLICATION", 1, minimum=1),
             consumer_group=env.get("ORDER_RECOVERY_CONSUMER_GROUP") or defaults.consumer_group,
             worker_id=env.get("ORDER_RECOVERY_WORKER_ID") or defaults.worker_id,
+            group_instance_id=env.get("ORDER_RECOVERY_GROUP_INSTANCE_ID") or None,
             metrics_host=env.get("ORDER_RECOVERY_METRICS_HOST") or defaults.metrics_host,
             metrics_port=_int(env, "ORDER_RECOVERY_METRICS_PORT", 9464),
             batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 2000, minimum=1),

@@ -25,6 +25,9 @@ RELAY_BATCHES = 10  # outbox batches per pass (a batch holds up to a consumer ba
 #: The exit code of a worker whose pipeline failed outside any single event: a bug. Nothing after
 #: it is trusted or committed; the supervisor restarts the worker and the batch is redelivered.
 EXIT_BUG = 70
+#: The exit code of a worker whose consumer the group fenced for good (a static member whose
+#: instance id another process took over): restart it; nothing unfinished was committed.
+EXIT_FENCED = 75
 
 
 class Worker:

@@ -22,6 +22,9 @@ import pytest
 
 from order_recovery.config import Settings
 from order_recovery.domain.sample import sample_events
+from order_recovery.worker import EXIT_FENCED
+from tests.chaos.feed import FeedProducer, plain_feed
+from tests.chaos.monitor import GroupMonitor
 from tests.support.kafka_io import (
     committed_offsets,
     produce_events,
@@ -325,6 +328,62 @@ def test_sigkill_mid_feed_then_restart_decides_everything_once(
     workers.start(name="worker-restarted")
     wait_until(lambda: decision_count(settings.database_url) == unique, 180, "all decisions")
     assert_exactly_once(settings, events, resent_after_kill=True)
+
+
+def test_a_static_member_restarted_at_once_takes_its_partitions_back_without_waiting(
+    settings: Settings, workers: Workers
+) -> None:
+    """A killed dynamic member stays in the group until its session times out, and its
+    replacement joins as a stranger: nothing of the dead member's partitions moves for the whole
+    session timeout (10 s) plus a rebalance. With a group instance id the replacement is
+    recognised and gets the same partitions at once: catch-up is its start-up time."""
+    events = feed(2000, seed=88)
+    for name in ("w1", "w2"):
+        workers.start(name, ORDER_RECOVERY_GROUP_INSTANCE_ID=name)
+    monitor = GroupMonitor(
+        settings.kafka_bootstrap_servers, settings.consumer_group, settings.source_topics
+    ).start()
+    producer = FeedProducer(settings, plain_feed(events), rate=100).start()
+    try:
+        wait_until(lambda: decision_count(settings.database_url) > 300, 60, "steady state")
+        killed_at = time.monotonic()
+        victim = workers.started[1]
+        victim.signal(signal.SIGKILL)
+        victim.wait_exit(10)
+        time.sleep(1)
+        workers.start("w2", ORDER_RECOVERY_GROUP_INSTANCE_ID="w2")
+        restarted, ends = time.monotonic(), monitor.end_offsets()
+        assert monitor.wait_caught_up(ends, restarted, 60), "never caught up after the kill"
+        caught_up = (monitor.caught_up_at(restarted, ends) or 0) - killed_at
+    finally:
+        producer.join(60)
+        monitor.stop()
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events, resent_after_kill=True)
+    assert caught_up < 8, f"{caught_up:.1f} s to catch up after a kill and an immediate restart"
+
+
+def test_a_member_fenced_by_its_own_instance_id_exits_for_a_restart(
+    settings: Settings, confluent_workers: Workers
+) -> None:
+    """A static member can be fenced: a second process started with its instance id (a
+    misconfigured deployment), or the coordinator handing its id to its own rejoin after a
+    broker restart (seen in the fault campaign). librdkafka's consumer is then unusable for
+    good; the worker must exit, not go on polling a dead consumer while its partitions stall.
+    (aiokafka never fences: it answers a taken id by rejoining and taking it back.)"""
+    workers = confluent_workers
+    events = feed(600, seed=12)
+    first = workers.start("first", ORDER_RECOVERY_GROUP_INSTANCE_ID="replica-0")
+    produce_events(settings, events[:300])
+    wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
+    second = workers.start("second", ORDER_RECOVERY_GROUP_INSTANCE_ID="replica-0")
+    assert first.wait_exit(60) == EXIT_FENCED, first.log()[-3000:]
+    produce_events(settings, events[300:])
+    unique = len({e["event_id"] for e in events})
+    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    assert_exactly_once(settings, events, resent_after_kill=True)
+    assert second.metric("order_recovery_ready") == 1
 
 
 def test_two_workers_split_partitions_and_decide_each_event_once(

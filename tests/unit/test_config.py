@@ -52,3 +52,13 @@ def test_runtime_defaults_to_confluent_and_rejects_unknown_names() -> None:
     assert Settings.from_env({"ORDER_RECOVERY_RUNTIME": "faust"}).runtime == "faust"
     with pytest.raises(ConfigError, match="ORDER_RECOVERY_RUNTIME"):
         Settings.from_env({"ORDER_RECOVERY_RUNTIME": "kafka-streams"})
+
+
+def test_static_membership_only_when_an_instance_id_is_set() -> None:
+    from order_recovery.adapters.confluent_runtime import consumer_config
+
+    dynamic = Settings.from_env({})
+    assert dynamic.group_instance_id is None
+    assert "group.instance.id" not in consumer_config(dynamic)
+    static = Settings.from_env({"ORDER_RECOVERY_GROUP_INSTANCE_ID": "order-recovery-0"})
+    assert consumer_config(static)["group.instance.id"] == "order-recovery-0"

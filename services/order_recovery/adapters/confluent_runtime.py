@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from order_recovery.config import Settings
 from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.worker import Worker
+from order_recovery.worker import EXIT_FENCED, Worker
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ LAG_REFRESH_S = 5.0
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
-    return {
+    config: dict[str, object] = {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": settings.consumer_group,
         "client.id": f"order-recovery-{settings.worker_id}",
@@ -56,6 +56,13 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         # made a fifth of the worker's resident memory without adding throughput.
         "queued.max.messages.kbytes": 16_384,
     }
+    if settings.group_instance_id:
+        # Static membership: a restarted worker takes its partitions back without a rebalance
+        # (a dynamic member's restart joined as a stranger, and the group waited out the dead
+        # member's session before assigning anything). The price: a static member that stops
+        # for good, even cleanly, keeps its partitions until session.timeout.ms runs out.
+        config["group.instance.id"] = settings.group_instance_id
+    return config
 
 
 def _record(msg: Message) -> SourceRecord:
@@ -83,6 +90,7 @@ class ConfluentRuntime:
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_refreshed = 0.0
         self._paused = False
+        self._fatal: KafkaError | None = None
         worker.retry.on_wait = self._keep_membership
 
     # ------------------------------------------------------------------ rebalance callbacks
@@ -131,6 +139,8 @@ class ConfluentRuntime:
             while not self.stopping.is_set():
                 messages = self._next_batch()
                 records = [_record(m) for m in messages if self._usable(m)]
+                if self._fatal is not None:
+                    return self._give_up(self._fatal)
                 self._refresh_lag()
                 exit_code = self._advance(records)
                 if exit_code is not None:
@@ -175,9 +185,23 @@ class ConfluentRuntime:
         err = msg.error()
         if err is None:
             return True
-        if err.code() != KafkaError._PARTITION_EOF:
+        if err.fatal() or err.code() == KafkaError._FATAL:  # consume() reports it as _FATAL
+            self._fatal = err
+        elif err.code() != KafkaError._PARTITION_EOF:
             log.warning("consume error: %s", err)
         return False
+
+    def _give_up(self, err: KafkaError) -> int:
+        """The consumer failed for good (librdkafka's fatal errors: a static member fenced by
+        another process with its group instance id). It can neither fetch nor commit again, so
+        finish the batch being written (its decisions and outcomes are worth keeping) and exit
+        for the supervisor to restart us; the next owner re-reads what was not committed."""
+        log.critical("the consumer cannot go on (%s); exiting for a restart", err)
+        try:
+            self.worker.pipeline.drain()
+        except Exception as exc:
+            log.warning("the batch in hand was not finished: %s", exc)
+        return EXIT_FENCED
 
     def _commit(self, result: BatchResult) -> None:
         """Asynchronous: a commit lost in a crash only means a redelivery, which the decisions

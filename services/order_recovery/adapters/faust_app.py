@@ -108,6 +108,8 @@ def create_app(settings: Settings) -> faust.App:
         # aiokafka hands over everything fetched at once otherwise: with a backlog that held
         # 100 MB of records in this process for no gain in throughput.
         broker_max_poll_records=500,
+        # Static membership when configured (see consumer_config of the confluent runtime).
+        consumer_group_instance_id=settings.group_instance_id,
     )
     app.transport = _ReadCommittedTransport(app.conf.broker_consumer, app)
     return app
