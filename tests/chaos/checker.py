@@ -24,11 +24,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
-from confluent_kafka import Message
 
 from order_recovery.config import Settings
 from order_recovery.domain.contract import event_from_dict
@@ -162,24 +161,75 @@ def order_dependent(events: Iterable[dict[str, Any]], policies: dict[str, Policy
 
 
 # ---------------------------------------------------------------------------- the checks
+class Published(NamedTuple):
+    """An outcome record as read from the topic."""
+
+    partition: int
+    offset: int
+    outcome: dict[str, Any]
+
+
+class Letter(NamedTuple):
+    """A dead letter as read from a DLQ topic."""
+
+    identity: str  # see dead_letter_identity
+    error_class: str
+
+
+def dead_letter_identity(headers: Iterable[tuple[str, bytes | None]]) -> str:
+    """`dlq.id` when the worker sets it, else the original topic/partition/offset headers."""
+    found = {k: (v or b"").decode(errors="replace") for k, v in headers}
+    if "dlq.id" in found:
+        return found["dlq.id"]
+    return "/".join(found.get(f"dlq.original.{h}", "?") for h in ("topic", "partition", "offset"))
+
+
 def check(settings: Settings, feed: Feed, regressions: Iterable[str] = ()) -> Findings:
-    """`regressions`: committed offsets seen going backwards (GroupMonitor.regressions)."""
-    policies = load_policies()
-    stored = read_stored(settings.database_url)
-    outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic, timeout_s=120)
-    letters = [
-        m
-        for topic in settings.source_topics
-        for m in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic(topic), 60)
+    """Read Postgres and the topics, then `evaluate`. `regressions`: committed offsets seen going
+    backwards (GroupMonitor.regressions)."""
+    bootstrap = settings.kafka_bootstrap_servers
+    outcomes = [
+        Published(m.partition() or 0, m.offset() or 0, orjson.loads(m.value()))
+        for m in read_topic(bootstrap, settings.outcome_topic, timeout_s=120)
     ]
+    letters = [
+        Letter(
+            dead_letter_identity(m.headers() or ()),
+            dict(m.headers() or ()).get("dlq.error.class", b"?").decode(),
+        )
+        for topic in settings.source_topics
+        for m in read_topic(bootstrap, settings.dlq_topic(topic), timeout_s=60)
+    ]
+    poison = {
+        f"{settings.source_topic(r.event_type)}/{r.partition}/{r.offset}": r.kind
+        for r in feed.poison
+    }
+    events = [r.event for r in feed.valid if r.event is not None]
+    return evaluate(
+        read_stored(settings.database_url), outcomes, letters, events, poison, regressions
+    )
+
+
+def evaluate(
+    stored: Stored,
+    outcomes: list[Published],
+    letters: list[Letter],
+    events: list[dict[str, Any]],
+    poison: dict[str, str],
+    regressions: Iterable[str] = (),
+    policies: dict[str, Policy] | None = None,
+) -> Findings:
+    """Every check. `events`: the valid events as produced (duplicates included), in an order
+    each partition agrees with; `poison`: each poison record's address (topic/partition/offset,
+    partition and offset -1 when the broker never acknowledged it) and kind."""
+    policies = policies or load_policies()
     found: dict[str, list[str]] = defaultdict(list)
     found["offsets_backwards"] = list(regressions)
     info: dict[str, int] = {}
 
     unique: dict[str, dict[str, Any]] = {}
-    for record in feed.valid:
-        assert record.event is not None
-        unique.setdefault(record.event["event_id"], record.event)
+    for event in events:
+        unique.setdefault(event["event_id"], event)
     decided = set(stored.decisions)
     found["lost"] = sorted(set(unique) - decided)
     found["unexpected"] = [
@@ -199,7 +249,7 @@ def check(settings: Settings, feed: Feed, regressions: Iterable[str] = ()) -> Fi
     _check_compensations(stored, found)
     _check_refund_cap(stored, policies, found, info)
     _check_outcomes(stored, outcomes, found, info)
-    _check_dead_letters(settings, feed, letters, found, info)
+    _check_dead_letters(poison, letters, found, info)
     return Findings(
         {key: len(found.get(key, [])) for key, _ in CHECKS},
         {key: found[key][:5] for key, _ in CHECKS if found.get(key)},
@@ -231,8 +281,8 @@ def _check_compensations(stored: Stored, found: dict[str, list[str]]) -> None:
     but the decision and its outcome have told the buyer already)."""
     granting: dict[tuple[str, str], list[str]] = defaultdict(list)
     for event_id, actions in stored.actions.items():
-        if any(a in COMPENSATING_ACTIONS for a in actions):
-            row = stored.decisions[event_id]
+        row = stored.decisions.get(event_id)
+        if row is not None and any(a in COMPENSATING_ACTIONS for a in actions):
             granting[(row[1], row[2])].append(event_id)
     for (order_id, exception_type), events in sorted(granting.items()):
         if len(events) > 1:
@@ -272,75 +322,54 @@ def _check_refund_cap(
 
 
 def _check_outcomes(
-    stored: Stored, outcomes: list[Message], found: dict[str, list[str]], info: dict[str, int]
+    stored: Stored, outcomes: list[Published], found: dict[str, list[str]], info: dict[str, int]
 ) -> None:
     """Every decision's outcome on the topic; per order and source topic, the FIRST appearance of
     each outcome (consumers dedupe on its event_id) in the order of the source offsets. A later
     copy of an outcome already seen is a resend: allowed, counted."""
     first: dict[str, tuple[int, int]] = {}
     copies: dict[str, set[bytes]] = defaultdict(set)
-    for m in outcomes:
-        outcome = orjson.loads(m.value())
+    for published in outcomes:
+        outcome = published.outcome
+        position = (published.partition, published.offset)
         outcome_id = outcome["event_id"]
-        position = (m.partition() or 0, m.offset() or 0)
         if outcome_id not in first or position < first[outcome_id]:
             first[outcome_id] = position
-        copies[outcome["source_event_id"]].add(
-            orjson.dumps(outcome["decision"], option=orjson.OPT_SORT_KEYS)
-        )
+        decision = orjson.dumps(outcome["decision"], option=orjson.OPT_SORT_KEYS)
+        copies[outcome["source_event_id"]].add(decision)
     info["outcome records"] = len(outcomes)
     info["outcome resends (allowed)"] = len(outcomes) - len(first)
     found["decided_twice"] += [
         f"{e}: {len(c)} different decisions published" for e, c in copies.items() if len(c) > 1
     ]
-    by_order: dict[tuple[str, str], list[tuple[tuple[int, int], int, str]]] = defaultdict(list)
+    by_order: dict[tuple[str, str], list[tuple[tuple[int, int], int]]] = defaultdict(list)
     for event_id, row in stored.decisions.items():
         outcome_id = outcome_event_id(event_id)
         if outcome_id not in first:
             found["outcomes_missing"].append(event_id)
             continue
-        by_order[(row[1], row[8])].append((first[outcome_id], row[10], event_id))
+        by_order[(row[1], row[8])].append((first[outcome_id], row[10]))
     for (order_id, topic), seen in sorted(by_order.items()):
-        offsets = [source_offset for _, source_offset, _ in sorted(seen)]
+        offsets = [source_offset for _, source_offset in sorted(seen)]
         if offsets != sorted(offsets):
             found["outcomes_out_of_order"].append(
                 f"{order_id} ({topic}): outcomes first seen for source offsets {offsets}"
             )
 
 
-def dead_letter_identity(message: Message) -> str:
-    """`dlq.id` when the worker sets it, else the original topic/partition/offset headers."""
-    headers = {k: (v or b"").decode(errors="replace") for k, v in message.headers() or ()}
-    if "dlq.id" in headers:
-        return headers["dlq.id"]
-    return "/".join(headers.get(f"dlq.original.{h}", "?") for h in ("topic", "partition", "offset"))
-
-
 def _check_dead_letters(
-    settings: Settings,
-    feed: Feed,
-    letters: list[Message],
-    found: dict[str, list[str]],
-    info: dict[str, int],
+    poison: dict[str, str], letters: list[Letter], found: dict[str, list[str]], info: dict[str, int]
 ) -> None:
-    by_identity = Counter(dead_letter_identity(m) for m in letters)
-    classes = Counter(
-        dict(m.headers() or ()).get("dlq.error.class", b"?").decode() for m in letters
-    )
+    by_identity = Counter(letter.identity for letter in letters)
+    classes = Counter(letter.error_class for letter in letters)
     info.update({f"dead letters: {c}": n for c, n in sorted(classes.items())})
-    poison_ids = set()
-    for record in feed.poison:
-        topic = settings.source_topic(record.event_type)
-        identity = f"{topic}/{record.partition}/{record.offset}"
-        poison_ids.add(identity)
-        if record.partition < 0:
-            found["poison_missing"].append(f"{record.kind}: never acknowledged by the broker")
+    for identity, kind in sorted(poison.items()):
+        if identity.endswith("/-1/-1"):
+            found["poison_missing"].append(f"{kind}: never acknowledged by the broker")
         elif by_identity[identity] == 0:
-            found["poison_missing"].append(f"{record.kind} at {identity}")
+            found["poison_missing"].append(f"{kind} at {identity}")
         elif by_identity[identity] > 1:
-            found["poison_twice"].append(
-                f"{record.kind} at {identity}: {by_identity[identity]} letters"
-            )
+            found["poison_twice"].append(f"{kind} at {identity}: {by_identity[identity]} letters")
     found["unexpected"] += [
-        f"dead letter for {i} (not poison)" for i in by_identity if i not in poison_ids
+        f"dead letter for {i} (not poison)" for i in sorted(by_identity) if i not in poison
     ]

@@ -183,38 +183,15 @@ class _Builder:
     def coupon_delays(self, at: datetime) -> list[dict[str, Any]]:
         """Two or three shipping delays of one order, an hour apart, within the 7-day window: the
         first earns a coupon, the others must not."""
-        order_id = self.order_id("cc")
         paid = at - timedelta(hours=60)
-        first = self._envelope(
-            "shipping-delay",
-            order_id,
-            f"b-{order_id}",
-            at,
-            platform=self.rng.choice(PLATFORMS),
-            category="standard",
-            created=paid - timedelta(hours=1),
-        )
+        first = self._first_of_order("cc", "shipping-delay", at, created=paid - timedelta(hours=1))
         first.update(paid_at=_iso(paid), carrier_pickup_status="not_picked_up")
-        events = [first]
-        for n in range(1, self.rng.choice((2, 3))):
-            later = dict(first, event_id=self._event_id())
-            later["occurred_at"] = _iso(at + n * timedelta(hours=1))
-            events.append(later)
-        return [_checked(e) for e in events]
+        return self._repeated(first, self.rng.choice((2, 3)), timedelta(hours=1))
 
     def payment_attempts(self, at: datetime) -> list[dict[str, Any]]:
         """Five payment timeouts of one order: the stored attempts pass the freeze threshold."""
-        order_id = self.order_id("cf")
         created = at - timedelta(minutes=40)
-        first = self._envelope(
-            "payment-timeout",
-            order_id,
-            f"b-{order_id}",
-            at,
-            platform=self.rng.choice(PLATFORMS),
-            category="standard",
-            created=created,
-        )
+        first = self._first_of_order("cf", "payment-timeout", at, created=created)
         first.update(
             payment_failed_at=_iso(created + timedelta(minutes=5)),
             payment_attempt_count=1,
@@ -222,10 +199,29 @@ class _Builder:
             payment_channel=self.rng.choice(("wechat_pay", "alipay", "douyin_pay")),
             channel_return_code=self.rng.choice((None, "ERR_TIMEOUT", "NOTENOUGH")),
         )
+        return self._repeated(first, 5, timedelta(minutes=2))
+
+    def _first_of_order(
+        self, scenario: str, event_type: str, at: datetime, *, created: datetime
+    ) -> dict[str, Any]:
+        order_id = self.order_id(scenario)
+        return self._envelope(
+            event_type,
+            order_id,
+            f"b-{order_id}",
+            at,
+            platform=self.rng.choice(PLATFORMS),
+            category="standard",
+            created=created,
+        )
+
+    def _repeated(self, first: dict[str, Any], times: int, step: timedelta) -> list[dict[str, Any]]:
+        """`first` and copies of it under new event ids, `step` apart in event time."""
+        at = datetime.fromisoformat(first["occurred_at"])
         events = [first]
-        for n in range(1, 5):
+        for n in range(1, times):
             later = dict(first, event_id=self._event_id())
-            later["occurred_at"] = _iso(at + n * timedelta(minutes=2))
+            later["occurred_at"] = _iso(at + n * step)
             events.append(later)
         return [_checked(e) for e in events]
 
@@ -241,14 +237,20 @@ def _cluster_day(rng: random.Random) -> datetime:
     return day + timedelta(days=rng.randrange(3), seconds=rng.randrange(11 * 3600))
 
 
-def _blocks(rng: random.Random, seed: int, count: int) -> list[list[FeedRecord]]:
-    """The valid events in blocks produced back to back (a buyer's refunds, an order's events);
-    the blocks themselves are shuffled."""
-    build = _Builder(rng, seed)
-    blocks: list[list[FeedRecord]] = []
+#: How far apart, in records, the events of one order are produced (a fraction of a second to
+#: several seconds at the campaign's rates): far enough that a crash can fall between them.
+ORDER_SPREAD = (20, 300)
 
-    def add(events: list[dict[str, Any]], scenario: str) -> None:
-        blocks.append([_valid(e, scenario) for e in events])
+
+def _ordered(rng: random.Random, seed: int, count: int) -> list[FeedRecord]:
+    """The valid events in the order they are produced. A buyer's refunds go back to back (on
+    orders of their own: several partitions at once); the events of one order are spread out
+    (its later events land in later batches, possibly after a crash)."""
+    build = _Builder(rng, seed)
+    blocks: list[tuple[bool, list[FeedRecord]]] = []  # (spread out?, records)
+
+    def add(events: list[dict[str, Any]], scenario: str, spread: bool = False) -> None:
+        blocks.append((spread, [_valid(e, scenario) for e in events]))
 
     budget = count
     for n in range(max(2, count // 60)):
@@ -263,17 +265,23 @@ def _blocks(rng: random.Random, seed: int, count: int) -> list[list[FeedRecord]]
         budget -= size
     for _ in range(max(2, count // 40)):
         events = build.coupon_delays(_cluster_day(rng))
-        add(events, "coupon order")
+        add(events, "coupon order", spread=True)
         budget -= len(events)
     for _ in range(max(1, count // 200)):
         events = build.payment_attempts(_cluster_day(rng))
-        add(events, "payment freeze")
+        add(events, "payment freeze", spread=True)
         budget -= len(events)
     for event in sample_events(max(0, budget), seed, duplicate_pct=0):
         event["buyer_id"] = f"b-{event['order_id']}"  # the sample's small buyer pool stays out
         add([event], "sample mix")
     rng.shuffle(blocks)
-    return blocks
+    keyed: list[tuple[float, int, FeedRecord]] = []
+    for position, (spread, records) in enumerate(blocks):
+        key = float(position)
+        for record in records:
+            keyed.append((key, len(keyed), record))
+            key += rng.randrange(*ORDER_SPREAD) if spread else 0.001
+    return [record for _, _, record in sorted(keyed, key=lambda k: (k[0], k[1]))]
 
 
 def _valid(event: dict[str, Any], scenario: str) -> FeedRecord:
@@ -343,8 +351,7 @@ def build_feed(
     # Not Random(seed): sample_events draws its event ids from that very stream, and the two
     # would make the same ids for different events.
     rng = random.Random(f"chaos-feed-{seed}")
-    blocks = _blocks(rng, seed, events)
-    valid = [r for block in blocks for r in block]
+    valid = _ordered(rng, seed, events)
     if len({r.event["event_id"] for r in valid if r.event}) != len(valid):
         raise AssertionError("two different events of the feed share an event id")
     ordinary = [k for k in POISON_KINDS if k != OVERSIZED]

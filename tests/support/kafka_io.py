@@ -23,6 +23,12 @@ def produce_events(
             "compression.type": compression,
         }
     )
+    n = _produce_each(producer, settings, events)
+    assert producer.flush(30) == 0, "test feed not fully acknowledged by the broker"
+    return n
+
+
+def _produce_each(producer: Producer, settings: Settings, events: Iterable[dict[str, Any]]) -> int:
     n = 0
     for event in events:
         producer.produce(
@@ -33,7 +39,6 @@ def produce_events(
         n += 1
         if n % 5000 == 0:
             producer.poll(0)
-    assert producer.flush(30) == 0, "test feed not fully acknowledged by the broker"
     return n
 
 
@@ -52,14 +57,7 @@ def produce_in_transaction(
     )
     producer.init_transactions(30)
     producer.begin_transaction()
-    n = 0
-    for event in events:
-        producer.produce(
-            settings.source_topic(event["event_type"]),
-            key=event["order_id"].encode(),
-            value=orjson.dumps(event),
-        )
-        n += 1
+    n = _produce_each(producer, settings, events)
     assert producer.flush(30) == 0, "transactional feed not fully acknowledged by the broker"
     if commit:
         producer.commit_transaction(30)
