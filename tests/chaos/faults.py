@@ -252,12 +252,15 @@ class Injector:
             pid = self.pool.kill(fault.target)
             time.sleep(fault.hold_s)
             self.pool.start(fault.target)
-            injected.detail = f"{fault.target} (pid {pid}) restarted after {fault.hold_s:.1f} s"
+            killed = f"pid {pid}" if pid else "had exited on its own"
+            injected.detail = f"{fault.target} ({killed}) restarted after {fault.hold_s:.1f} s"
         elif fault.kind == WORKER_PAUSE:
             assert fault.target is not None
             pids = self.pool.pause(fault.target)
-            time.sleep(fault.hold_s)
-            self.pool.resume(pids)
+            try:
+                time.sleep(fault.hold_s)
+            finally:  # never leave a worker frozen behind
+                self.pool.resume(pids)
             injected.detail = f"{fault.target} (pids {pids}) resumed after {fault.hold_s:.1f} s"
         elif fault.kind == POSTGRES_KILL:
             pids = self.stack.kill_postgres()

@@ -4,6 +4,7 @@ exit is recorded with its code (-9 for a SIGKILL, 0 for a clean stop, 70 for a b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -87,19 +88,22 @@ class WorkerPool:
         env = {**self.extra_env}
         if self.static if static is None else static:
             env["ORDER_RECOVERY_GROUP_INSTANCE_ID"] = name
-        worker = WorkerProcess(
-            self.settings,
-            self.log_dir,
-            name=name,
-            runtime=self.runtime,
-            extra_env=env,
-            port=self.ports.take(),
-        ).start()
-        with self._lock:
-            self._workers[name] = worker
-            self.starts[name] += 1
+        with self._lock:  # never two processes under one name (one instance id)
             if supervised:
                 self._supervised.add(name)
+            if self.running(name):
+                return self._workers[name]
+            self._record_exits()  # the exit of the process this one replaces
+            worker = WorkerProcess(
+                self.settings,
+                self.log_dir,
+                name=name,
+                runtime=self.runtime,
+                extra_env=env,
+                port=self.ports.take(),
+            ).start()
+            self._workers[name] = worker
+            self.starts[name] += 1
         if not self._watchdog.is_alive() and not self._closing.is_set():
             self._watchdog.start()
         return worker
@@ -118,21 +122,31 @@ class WorkerPool:
         return [worker.proc.pid, *worker.children()]
 
     # ------------------------------------------------------------------ faults
-    def kill(self, name: str) -> int:
-        """SIGKILL the worker's process (its pipeline process, if any, notices and exits)."""
+    def kill(self, name: str) -> int | None:
+        """SIGKILL the worker's process (its pipeline process, if any, notices and exits). The
+        campaign restarts it itself (`start`); until then it is not supervised. None if it had
+        already exited on its own."""
         with self._lock:
-            worker = self._workers[name]
-            assert worker.proc is not None
-            self._caused.add(worker.proc.pid)
-            os.kill(worker.proc.pid, signal.SIGKILL)
-            return worker.proc.pid
+            self._supervised.discard(name)
+            proc = self._workers[name].proc
+            if proc is None or proc.poll() is not None:
+                return None
+            self._caused.add(proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            return proc.pid
 
     def pause(self, name: str) -> list[int]:
-        """SIGSTOP the worker and its children, like a frozen VM or a long GC pause."""
-        pids = self.pids(name)
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        return pids
+        """SIGSTOP the worker and its children, like a frozen VM or a long GC pause (nothing if
+        it is not running)."""
+        with self._lock:
+            if not self.running(name):
+                return []
+            pids = self.pids(name)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            return pids
 
     @staticmethod
     def resume(pids: list[int]) -> None:
@@ -166,12 +180,19 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ supervision
     def _watch(self) -> None:
+        restart_at: dict[str, float] = {}
         while not self._closing.wait(0.2):
+            now = time.monotonic()
             for name in self._record_exits():
-                if name in self._supervised and not self._closing.is_set():
-                    time.sleep(RESTART_AFTER_EXIT_S)
-                    log.warning("%s exited on its own: restarting it", name)
-                    self.start(name)
+                restart_at[name] = now + RESTART_AFTER_EXIT_S
+            for name, at in list(restart_at.items()):
+                if at > now:
+                    continue
+                del restart_at[name]
+                with self._lock:
+                    if name in self._supervised and not self.running(name):
+                        log.warning("%s exited on its own: restarting it", name)
+                        self.start(name)
 
     def _record_exits(self) -> list[str]:
         """Record exits not yet recorded; return the names that exited on their own."""
