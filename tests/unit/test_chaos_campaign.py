@@ -1,5 +1,5 @@
-"""The fault campaign's checker and feed, without services: a store that did everything right is
-clean, and each kind of wrong the campaign looks for is counted by its own check."""
+"""The fault campaign's checker, feed and schedule, without services: a store that did everything
+right is clean, and each kind of wrong the campaign looks for is counted by its own check."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ from tests.chaos.checker import (
     dead_letter_identity,
     evaluate,
     order_dependent,
+)
+from tests.chaos.faults import (
+    KAFKA_KILL,
+    MEMBERS,
+    POSTGRES_KILL,
+    REBALANCE,
+    WORKER_KILL,
+    WORKER_PAUSE,
+    Counts,
+    plan,
 )
 from tests.chaos.feed import EVENT, POISON_KINDS, build_feed
 from tests.support.reference import expected_decisions
@@ -261,3 +271,21 @@ def test_the_feed_is_seeded_and_binds_every_limit_it_is_meant_to() -> None:
             by_buyer.setdefault(r.event["buyer_id"], set()).add(r.event["event_type"])
     assert len(by_buyer) >= 50
     assert sum(1 for types in by_buyer.values() if len(types) == 2) > len(by_buyer) / 2
+
+
+def test_the_schedule_is_seeded_and_has_every_fault_asked_for() -> None:
+    counts = Counts(kills=20, pauses=2, postgres_kills=2, kafka_kills=1, rebalances=10)
+    faults = plan(5, counts, session_timeout_s=10.0, gap_s=(2.0, 6.0))
+    assert faults == plan(5, counts, session_timeout_s=10.0, gap_s=(2.0, 6.0))
+    assert faults != plan(6, counts, session_timeout_s=10.0, gap_s=(2.0, 6.0))
+    kinds = Counter(f.kind for f in faults)
+    assert kinds == {
+        WORKER_KILL: 20,
+        WORKER_PAUSE: 2,
+        POSTGRES_KILL: 2,
+        KAFKA_KILL: 1,
+        REBALANCE: 10,
+    }
+    assert all(1 <= f.hold_s <= 3 and f.target in MEMBERS for f in faults if f.kind == WORKER_KILL)
+    assert all(f.hold_s > 10 for f in faults if f.kind == WORKER_PAUSE)
+    assert all(2 <= f.gap_s <= 6 for f in faults)
