@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # SIGTERM, and SIGINT even where a background shell ignores it, end the run through its
-    # clean-up: the workers stopped, no one left frozen, the stack restarted if it was down.
+    # clean-up: the workers stopped, none left frozen, a killed service started again.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

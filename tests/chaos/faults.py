@@ -263,14 +263,18 @@ class Injector:
                 self.pool.resume(pids)
             injected.detail = f"{fault.target} (pids {pids}) resumed after {fault.hold_s:.1f} s"
         elif fault.kind == POSTGRES_KILL:
-            pids = self.stack.kill_postgres()
-            self.stack.up("postgres")
+            try:
+                pids = self.stack.kill_postgres()
+            finally:  # never leave the stack down behind
+                self.stack.up("postgres")
             injected.detail = (
                 f"{len(pids)} processes killed, back up after {time.monotonic() - at:.1f} s"
             )
         elif fault.kind == KAFKA_KILL:
-            self.stack.kill_kafka()
-            self.stack.up("kafka")
+            try:
+                self.stack.kill_kafka()
+            finally:
+                self.stack.up("kafka")
             injected.detail = f"back up after {time.monotonic() - at:.1f} s"
         return [self._over(injected)]
 
