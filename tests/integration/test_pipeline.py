@@ -45,6 +45,11 @@ def pipeline(settings: Settings) -> Iterator[Pipeline]:
     store.close()
 
 
+#: When the test's records were produced, for their broker timestamp: after every sample event (the
+#: sample feed's event times are in June 2025), as for a record produced when its event happened.
+PRODUCED_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
 def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> list[SourceRecord]:
     return [
         SourceRecord(
@@ -53,7 +58,7 @@ def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> l
             start_offset + i,
             e["order_id"].encode(),
             orjson.dumps(e),
-            1_700_000_000_000,
+            PRODUCED_MS,
         )
         for i, e in enumerate(events)
     ]
