@@ -14,12 +14,13 @@ export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
 export DATABASE_URL ?= postgresql://recovery@127.0.0.1:$(LOCAL_PG_PORT)/order_recovery
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test lint bench clean dashboard-png
+.PHONY: help venv up down status run test fuzz lint bench clean dashboard-png
 
 help:
 	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate, run the worker (Ctrl-C stops it)"
 	@echo "make test    start what the tests need, run pytest, stop what it started"
 	@echo "make up | down | status   the local services only"
+	@echo "make fuzz    hypothesis over bad input, many more examples than make test (FUZZ_EXAMPLES)"
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
 	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
@@ -61,6 +62,15 @@ test: venv
 	@started=$$(mktemp); \
 	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
 	$(STACK) up --record "$$started" && $(BIN)/pytest $(PYTEST_ARGS)
+
+# The fuzz tests (marker `fuzz`: the decoder over raw bytes and near-valid documents, the pipeline
+# with the real Kafka and Postgres) under the hypothesis profile `fuzz`: FUZZ_EXAMPLES examples per
+# test (default 2000, about 2 minutes) instead of the few hundred `make test` runs.
+fuzz: venv
+	@started=$$(mktemp); \
+	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
+	$(STACK) up --record "$$started" kafka postgres && \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m fuzz $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check services tests bench deploy

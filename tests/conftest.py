@@ -10,12 +10,24 @@ from dataclasses import replace
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from psycopg.conninfo import make_conninfo
 
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
 from order_recovery.adapters.postgres.migrations import migrate
 from order_recovery.config import Settings
 from tests.support.backends import ServicesUnavailable, choose_backend, docker_available
+
+# `make fuzz` runs the fuzz tests (marker `fuzz`) under this profile: many more examples than the
+# quick runs of `make test` (see tests/support/fuzz.py).
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _choose(variable: str) -> str:

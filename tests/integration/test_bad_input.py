@@ -6,6 +6,7 @@ offsets can be committed): nothing stops a partition."""
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,3 +149,12 @@ def test_an_event_from_the_future_is_dead_lettered_and_a_slightly_early_one_deci
         (decided,) = conn.execute("SELECT event_id::text FROM decisions").fetchall()
     assert decided == (base[0]["event_id"],)
 
+
+def test_keys_written_twice_are_dead_lettered_not_decided(settings: Settings, run: Run) -> None:
+    event = events(5, seed=34)[0]
+    raw = orjson.dumps(dict(event, event_id=str(uuid.uuid4())))
+    twice = raw[:-1] + b',"amount_fen":100000000}'
+    topic = settings.source_topic(event["event_type"])
+    result = run.process(records(settings, topic, [twice], lambda i: b"k"))
+    assert (result.decided, [d.error_class for d in result.dead_letters]) == (0, ["malformed_json"])
+    assert "amount_fen: the key appears twice" in result.dead_letters[0].message
