@@ -67,6 +67,9 @@ def test_records_whose_dead_letters_the_broker_refuses_do_not_stop_the_worker(
     produce_events(settings, events[150:])
 
     def decided() -> int:
+        assert worker.proc is not None
+        exited = worker.proc.poll()
+        assert exited is None, f"the worker exited with {exited}:\n{worker.log()[-4000:]}"
         return int(rows(settings.database_url, "SELECT count(*) FROM decisions")[0][0])
 
     wait_until(lambda: decided() == len(events), 90, "every valid event decided")

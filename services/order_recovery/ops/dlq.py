@@ -111,7 +111,6 @@ class Letter:
         return None if self.key is None else self.key.decode("utf-8", "backslashreplace")
 
     def to_json(self) -> dict[str, Any]:
-        doc = self.decoded()
         return {
             "topic": self.topic,
             "partition": self.partition,
@@ -120,13 +119,21 @@ class Letter:
             "error_class": self.error_class,
             "failed_at": self.failed_at,
             "order_id": self.order_id,
-            "key": None if self.key is None else escape_bytes(self.key),
-            "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in self.headers],
-            "value": doc,
-            "value_raw": (
-                None if doc is not None or self.value is None else escape_bytes(self.value)
-            ),
+            **record_json(self.key, self.headers, self.decoded(), self.value),
         }
+
+
+def record_json(
+    key: bytes | None, headers: Sequence[tuple[str, bytes]], doc: Any | None, value: bytes | None
+) -> dict[str, Any]:
+    """A dead letter's key, headers and value as JSON: the value decoded when it is JSON
+    (`doc`), else its bytes escaped."""
+    return {
+        "key": None if key is None else escape_bytes(key),
+        "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in headers],
+        "value": doc,
+        "value_raw": None if doc is not None or value is None else escape_bytes(value),
+    }
 
 
 @dataclass(frozen=True, slots=True)

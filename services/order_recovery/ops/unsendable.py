@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from order_recovery.ops.output import escape_bytes
+from order_recovery.ops.dlq import record_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,6 @@ class Unsendable:
             return None
 
     def to_json(self) -> dict[str, Any]:
-        doc = self.decoded()
         return {
             "source_topic": self.source_topic,
             "source_partition": self.source_partition,
@@ -53,15 +52,8 @@ class Unsendable:
             "refusal": self.refusal,
             "failed_at": self.failed_at,
             "worker_id": self.worker_id,
-            "key": None if self.key is None else escape_bytes(self.key),
-            "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in self.headers],
             "value_bytes": self.value_bytes,
-            "value": doc,
-            "value_raw": (
-                None
-                if doc is not None or self.value_prefix is None
-                else escape_bytes(self.value_prefix)
-            ),
+            **record_json(self.key, self.headers, self.decoded(), self.value_prefix),
         }
 
 
@@ -91,36 +83,18 @@ def read(
            ORDER BY failed_at DESC, source_topic, source_partition, source_offset LIMIT %s""",
         (list(dlq_topics), limit),
     ).fetchall()
-    return int(matched), [
-        Unsendable(
-            topic,
-            partition,
-            offset,
-            dlq,
-            error_class,
-            message,
-            refusal,
-            None if key is None else bytes(key),
-            tuple(zip(names, (bytes(v) for v in values), strict=True)),
-            None if value is None else bytes(value),
-            size,
-            failed_at,
-            worker,
-        )
-        for (
-            topic,
-            partition,
-            offset,
-            dlq,
-            error_class,
-            message,
-            refusal,
-            key,
-            names,
-            values,
-            value,
-            size,
-            failed_at,
-            worker,
-        ) in rows
-    ]
+    return int(matched), [_unsendable(row) for row in rows]
+
+
+def _unsendable(row: tuple[Any, ...]) -> Unsendable:
+    """A row in the column order of `read`'s query: the leading ones as they are."""
+    *place_and_why, key, names, values, value, size, failed_at, worker = row
+    return Unsendable(
+        *place_and_why,
+        None if key is None else bytes(key),
+        tuple(zip(names, (bytes(v) for v in values), strict=True)),
+        None if value is None else bytes(value),
+        size,
+        failed_at,
+        worker,
+    )

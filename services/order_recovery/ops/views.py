@@ -50,19 +50,29 @@ def dlq_list(out: Console, summaries: Sequence[TopicSummary]) -> None:
         )
 
 
+def _record(
+    out: Console,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    doc: object | None,
+    raw_line: str,
+) -> None:
+    """A dead letter's key, headers and value: decoded when it is JSON, else `raw_line`."""
+    out.print(f"key        {'-' if key is None else escape_bytes(key)}", markup=False)
+    for k, v in headers:
+        out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
+    if doc is not None:
+        out.print_json(data=doc)
+    else:
+        out.print(raw_line, markup=False)
+
+
 def dlq_show(out: Console, letters: Sequence[Letter], matched: int) -> None:
     for x in letters:
         out.rule(f"{x.topic}[{x.partition}]@{x.offset}  [bold]{x.error_class}[/]", align="left")
         out.print(f"failed at  {when(x.failed_at)}   order {x.order_id or '-'}", markup=False)
-        out.print(f"key        {'-' if x.key is None else escape_bytes(x.key)}", markup=False)
-        for k, v in x.headers:
-            out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
-        doc = x.decoded()
-        if doc is not None:
-            out.print_json(data=doc)
-        else:
-            raw = "null" if x.value is None else escape_bytes(x.value)
-            out.print(f"value (raw, does not decode as JSON): {raw}", markup=False)
+        raw = "null" if x.value is None else escape_bytes(x.value)
+        _record(out, x.key, x.headers, x.decoded(), f"value (raw, does not decode as JSON): {raw}")
     out.print(f"{len(letters)} shown of {matched} matching")
 
 
@@ -75,16 +85,15 @@ def unsendable(out: Console, rows: Sequence[Unsendable], matched: int) -> None:
         out.print(f"failed at  {when(x.failed_at)}   worker {x.worker_id}", markup=False)
         out.print(f"refused    {x.refusal}", markup=False)
         out.print(f"error      {x.error_message}", markup=False)
-        out.print(f"key        {'-' if x.key is None else escape_bytes(x.key)}", markup=False)
-        for k, v in x.headers:
-            out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
-        doc = x.decoded()
-        if doc is not None:
-            out.print_json(data=doc)
-        else:
-            raw = "null" if x.value_prefix is None else escape_bytes(x.value_prefix)
-            kept = 0 if x.value_prefix is None else len(x.value_prefix)
-            out.print(f"value ({kept} of {x.value_bytes} bytes, raw): {raw}", markup=False)
+        raw = "null" if x.value_prefix is None else escape_bytes(x.value_prefix)
+        kept = 0 if x.value_prefix is None else len(x.value_prefix)
+        _record(
+            out,
+            x.key,
+            x.headers,
+            x.decoded(),
+            f"value ({kept} of {x.value_bytes} bytes, raw): {raw}",
+        )
     out.print(f"{len(rows)} shown of {matched} kept in Postgres")
 
 
