@@ -65,7 +65,7 @@ test: venv
 
 # The fuzz tests (marker `fuzz`: the decoder over raw bytes and near-valid documents, the pipeline
 # with the real Kafka and Postgres) under the hypothesis profile `fuzz`: FUZZ_EXAMPLES examples per
-# test (default 2000, about 2 minutes) instead of the few hundred `make test` runs.
+# test (default 2000: about half a minute here) instead of the few hundred `make test` runs.
 fuzz: venv
 	@started=$$(mktemp); \
 	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \

@@ -145,13 +145,14 @@ class DeadLetterSender:
         r = letter.record
         added = self._unsendable.record(letter, attempts[-1], why, self._settings.worker_id)
         log.error(
-            "the dead letter of %s[%d]@%d (%s) was refused by the broker (%s), truncated too: "
-            "kept in Postgres, table unsendable_dead_letters",
+            "the dead letter of %s[%d]@%d (%s) was refused by the broker (%s)%s: kept in "
+            "Postgres, table unsendable_dead_letters",
             r.topic,
             r.partition,
             r.offset,
             letter.error_class,
             why,
+            ", truncated too" if _can_truncate(letter) else "",
         )
         if added:
             self._metrics.dead_letters_unsendable.inc()
