@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,9 @@ import psycopg
 import pytest
 
 from order_recovery.config import Settings
+from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
+from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
 from tests.support.kafka_io import (
     committed_offsets,
     produce_events,
@@ -31,6 +34,7 @@ from tests.support.kafka_io import (
 )
 from tests.support.reference import expected_decisions
 from tests.support.worker_process import WorkerProcess, alive
+from tests.unit.domain.factories import H, logistics_exception, shipping_delay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -314,6 +318,56 @@ def test_two_workers_split_partitions_and_decide_each_event_once(
     consumed = [w.metric("order_recovery_events_consumed_total") for w in (first, second)]
     assert all(n > 0 for n in consumed), f"partitions not split: {consumed}"
     assert sum(consumed) == len(events)
+
+
+def refunds_on_two_topics(buyers: int) -> list[dict[str, Any]]:
+    """Each buyer gets 4 fresh-goods shipping delays and 4 pinduoduo logistics exceptions
+    (refund first) on 8 orders the same day: 8 refunds due, on 6 partitions of two topics."""
+    fresh = shipping_delay("douyin", category="fresh", paid_ago=3 * H)
+    lost = logistics_exception("pinduoduo")
+    events = []
+    for b in range(buyers):
+        for i, doc in enumerate([fresh] * 4 + [lost] * 4):
+            n = f"{b}-{i}"
+            events.append(
+                {
+                    **doc,
+                    "event_id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"two-topic-refunds/{n}")),
+                    "order_id": f"ord-refund-{n}",
+                    "buyer_id": f"buyer-{b}",
+                }
+            )
+    return events
+
+
+def test_two_workers_hold_a_buyers_refunds_to_the_cap_across_topics(
+    settings: Settings, workers: Workers
+) -> None:
+    """Both workers decide one buyer's refunds at once in steady state (events are keyed by
+    order): each must see the other's, so every buyer gets exactly the cap, no more."""
+    events = refunds_on_two_topics(40)
+    first = workers.start(name="w1")
+    second = workers.start(name="w2")
+    time.sleep(3)  # let the group settle with both members
+    produce_events(settings, events)
+    wait_until(lambda: decision_count(settings.database_url) == len(events), 120, "all decisions")
+    cap = load_policies()["douyin"].risk.max_buyer_refunds_per_day
+    per_buyer = db_rows(
+        settings.database_url,
+        "SELECT buyer_id, count(*) FROM compensations WHERE kind = 'refund' GROUP BY buyer_id",
+    )
+    assert sorted(n for _, n in per_buyer) == [cap] * 40
+    outcomes = published_outcomes(settings, {e["event_id"] for e in events})
+    buyer_of = {e["event_id"]: e["buyer_id"] for e in events}
+    refunded = Counter(
+        buyer_of[o["source_event_id"]]
+        for o in outcomes
+        if o["decision"]["compensation"] is not None
+    )
+    assert sorted(refunded.values()) == [cap] * 40, "an outcome grants more than the cap"
+    assert_decided_like_the_rules_in_commit_order(settings.database_url)
+    consumed = [w.metric("order_recovery_events_consumed_total") for w in (first, second)]
+    assert all(n > 0 for n in consumed), f"partitions not split: {consumed}"
 
 
 def test_sigterm_exits_within_10s_with_its_batch_committed(

@@ -139,17 +139,23 @@ def test_poison_goes_to_the_dead_letter_topic_with_headers(
 
 
 class StaleReadStore(PostgresStore):
-    """A second worker whose history read happened before the first worker's commit."""
+    """A second worker whose first history read happened before the first worker's commit."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.reads = 0
 
     def load_history(self, keys: HistoryKeys, pending: object = ()) -> StoredHistory:
-        return StoredHistory()
+        self.reads += 1
+        return StoredHistory() if self.reads == 1 else super().load_history(keys, pending)
 
 
-def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
+def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
     settings: Settings, pipeline: Pipeline
 ) -> None:
-    """Two workers can decide the same events during a rebalance; the late one's COPY fast path
-    hits the unique keys and its batch is redone on the keyed path, writing nothing twice."""
+    """Two workers can decide the same events during a rebalance; the late one's write hits the
+    unique keys, nothing of it lands, and its batch is decided again on a fresh read, which
+    finds the other worker's decisions: nothing is written twice."""
     events = list({e["event_id"]: e for e in sample_events(50, seed=12)}.values())
     assert pipeline.process(_records(settings, events[:30])).decided == 30
     store = StaleReadStore(settings.database_url)
@@ -158,6 +164,7 @@ def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
         result = late.process(_records(settings, events))
     finally:
         store.close()
+    assert store.reads == 2  # the stale read, then the one after the conflict
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
     for table in ("decisions", "audit_log"):
         assert _count(settings.database_url, table) == len(events), table

@@ -74,12 +74,12 @@ class SlowWriter(PostgresStore):
         super().__init__(dsn)
         self.delay_s, self.fail_first, self.writes = delay_s, fail_first, 0
 
-    def save_decisions(self, rows: Sequence[DecisionRow]) -> list[str]:
+    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
         self.writes += 1
         time.sleep(self.delay_s)
         if self.writes <= self.fail_first:
             raise psycopg.OperationalError("simulated: connection lost before the write")
-        return super().save_decisions(rows)
+        return super().save_decisions(rows, *args)
 
 
 class LateReader(PostgresStore):

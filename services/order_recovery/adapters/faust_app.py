@@ -33,11 +33,13 @@ from typing import Any, NoReturn
 import faust
 
 from order_recovery.adapters.pipeline_process import (
+    Assigned,
     Consuming,
     Drain,
     Finished,
     Lag,
     PipelineProcess,
+    Revoked,
     Stopping,
 )
 from order_recovery.config import Settings
@@ -198,7 +200,12 @@ def run(settings: Settings) -> int:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        pipeline.send(Assigned([(tp.topic, tp.partition) for tp in assigned]))
         pipeline.send(Consuming(True))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        pipeline.send(Revoked([(tp.topic, tp.partition) for tp in revoked]))
 
     faust_worker = DrainingWorker(
         app, loglevel=_faust_loglevel(settings.log_level), redirect_stdouts=False
