@@ -194,9 +194,12 @@ class Pipeline:
         self._reader = reader
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipeline-writer")
         self._in_flight: _Batch | None = None
-        # This worker's lease epoch per partition it claimed (see `_claim`), and the partitions
-        # another worker claimed from under it, not to be claimed back until assigned again.
+        # This worker's lease epoch per partition it claimed (see `_claim`); the partitions the
+        # runtime says are assigned (None until it says anything: then every partition of a batch
+        # is ours, as for a pipeline driven directly); the partitions another worker claimed from
+        # under this one, not to be claimed back until the runtime assigns them again.
         self._leases: dict[Partition, int] = {}
+        self._assigned: set[Partition] | None = None
         self._fenced: set[Partition] = set()
         self._published_here: deque[str] = deque(maxlen=PUBLISHED_HERE_KEPT)
         # The lease owner: unique per pipeline, so that even two processes configured with the
@@ -245,20 +248,32 @@ class Pipeline:
     def assigned(self, partitions: Iterable[Partition]) -> None:
         """The runtime's word that these partitions are this worker's (again): they may be
         claimed at their next batch, even if another worker had claimed them from under us."""
-        self._fenced.difference_update(partitions)
+        partitions = set(partitions)
+        self._assigned = (self._assigned or set()) | partitions
+        self._fenced -= partitions
 
     def revoked(self, partitions: Iterable[Partition]) -> None:
-        """The runtime's word that these partitions went to another worker: forget their leases
-        (a batch of them in flight may still commit, unless the new owner claimed them first)."""
+        """The runtime's word that these partitions went to another worker: records of them in
+        a batch not yet decided are left to it, and their leases forgotten (a batch of them in
+        flight may still commit, unless the new owner claimed them first)."""
+        partitions = set(partitions)
+        self._assigned = (self._assigned or set()) - partitions
         for tp in partitions:
             self._leases.pop(tp, None)
 
     def _claim(self, batch: _Batch, store: PostgresStore) -> None:
         """Make sure the batch's partitions are leased to this worker before its history is
         read: a new claim waits for a zombie's write in progress, so the read sees it, and any
-        write of the zombie after it is refused."""
-        if self._fenced & batch.partitions:
-            batch.drop_partitions(self._fenced)
+        write of the zombie after it is refused. Records of a partition that is not ours (any
+        more) are left to its owner; claiming it would steal it back."""
+        assigned = self._assigned
+        lost = {
+            tp
+            for tp in batch.partitions
+            if tp in self._fenced or (assigned is not None and tp not in assigned)
+        }
+        if lost:
+            batch.drop_partitions(lost)
         new = batch.partitions - self._leases.keys()
         if new:
             self._leases.update(store.claim_partitions(new, self._lease_owner))

@@ -146,14 +146,14 @@ def test_one_buyers_refunds_on_two_topics_stop_at_the_cap(
         settings, build, records(settings, shipping, 0), records(settings, logistics, 0)
     )
     assert (first.decided, second.decided) == (4, 4)
-    refunds = compensations(settings.database_url, "buyer_id = 'buyer-racing'")
+    refunds = compensations(settings.database_reader_url, "buyer_id = 'buyer-racing'")
     assert len(refunds) == CAP and {kind for _, kind in refunds} == {"refund"}
     published = [o for o in outcomes(settings) if o["decision"]["compensation"] is not None]
     assert len(published) == CAP
     intercepted = [o for o in outcomes(settings) if "refund_abuse" in o["decision"]["risk_flags"]]
     assert len(intercepted) == 8 - CAP
     assert store.reads == 2, "the second worker's stale batch was written as it was"
-    assert_decided_like_the_rules_in_commit_order(settings.database_url)
+    assert_decided_like_the_rules_in_commit_order(settings.database_reader_url)
 
 
 def test_a_second_coupon_decided_by_another_worker_is_refused(
@@ -168,7 +168,7 @@ def test_a_second_coupon_decided_by_another_worker_is_refused(
         records(settings, [event(delay, "c1", order_id="ord-coupon")], 0),
         records(settings, [event(delay, "c2", order_id="ord-coupon")], 1),
     )
-    assert compensations(settings.database_url, "order_id = 'ord-coupon'") == [
+    assert compensations(settings.database_reader_url, "order_id = 'ord-coupon'") == [
         ("ord-coupon", "coupon")
     ]
     coupons = Counter(
@@ -178,7 +178,7 @@ def test_a_second_coupon_decided_by_another_worker_is_refused(
     )
     assert coupons == Counter({"coupon": 1})
     assert store.reads == 2
-    assert_decided_like_the_rules_in_commit_order(settings.database_url)
+    assert_decided_like_the_rules_in_commit_order(settings.database_reader_url)
 
 
 def test_money_is_refused_once_another_worker_froze_the_order(
@@ -195,11 +195,11 @@ def test_money_is_refused_once_another_worker_froze_the_order(
     _, _, store = race(
         settings, build, records(settings, [fourth], 2), records(settings, [coupon], 0)
     )
-    assert compensations(settings.database_url, "order_id = 'ord-frozen'") == []
+    assert compensations(settings.database_reader_url, "order_id = 'ord-frozen'") == []
     (decided,) = [o for o in outcomes(settings) if o["source_event_id"] == coupon["event_id"]]
     assert "risk.payment_attempts_freeze" in decided["decision"]["rule_ids"]
     assert store.reads == 2
-    assert_decided_like_the_rules_in_commit_order(settings.database_url)
+    assert_decided_like_the_rules_in_commit_order(settings.database_reader_url)
 
 
 def test_money_is_refused_once_another_worker_revoked_the_order(
@@ -210,8 +210,8 @@ def test_money_is_refused_once_another_worker_revoked_the_order(
     forged = event(logistics_exception("douyin", forged=True), "f1", order_id="ord-forged")
     coupon = event(shipping_delay("douyin"), "s-forged", order_id="ord-forged")
     race(settings, build, records(settings, [forged], 0), records(settings, [coupon], 0))
-    assert compensations(settings.database_url, "order_id = 'ord-forged'") == []
-    assert_decided_like_the_rules_in_commit_order(settings.database_url)
+    assert compensations(settings.database_reader_url, "order_id = 'ord-forged'") == []
+    assert_decided_like_the_rules_in_commit_order(settings.database_reader_url)
 
 
 def test_a_worker_on_a_fresh_counter_is_not_held_up(
@@ -223,4 +223,4 @@ def test_a_worker_on_a_fresh_counter_is_not_held_up(
     theirs = [event(fresh, f"b{i}", buyer_id="buyer-b") for i in range(3)]
     _, _, store = race(settings, build, records(settings, mine, 0), records(settings, theirs, 1))
     assert store.reads == 1, "a batch relying on nothing the other wrote was decided again"
-    assert len(compensations(settings.database_url, "kind = 'refund'")) == 6
+    assert len(compensations(settings.database_reader_url, "kind = 'refund'")) == 6

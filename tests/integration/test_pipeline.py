@@ -59,16 +59,17 @@ def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> l
     ]
 
 
-def _count(dsn: str, table: str) -> int:
-    with psycopg.connect(dsn) as conn:
+def _count(settings: Settings, table: str) -> int:
+    """Rows the test checks, read as the reports role (the worker may not read everything)."""
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
 
 
-def _outboxed(dsn: str) -> int:
+def _outboxed(settings: Settings) -> int:
     """Outcomes written to the outbox, whatever batches hold them."""
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(cardinality(event_ids)), 0) FROM outbox_batches"
         ).fetchone()
@@ -85,14 +86,14 @@ def test_a_batch_is_decided_persisted_and_published_once(
     assert result.decided == len(unique)
     assert result.duplicates == len(events) - len(unique)
     assert not result.dead_letters
-    assert _count(settings.database_url, "decisions") == len(unique)
-    assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
+    assert _count(settings, "decisions") == len(unique)
+    assert _count(settings, "outbox_batches WHERE published_at IS NULL") == 0
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(unique)
 
     again = pipeline.process(_records(settings, events, start_offset=1000))
     assert again.decided == 0 and again.duplicates == len(events)
-    assert _count(settings.database_url, "decisions") == len(unique)
+    assert _count(settings, "decisions") == len(unique)
     assert len(read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)) == len(unique)
 
 
@@ -167,8 +168,8 @@ def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
     assert store.reads == 2  # the stale read, then the one after the conflict
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
     for table in ("decisions", "audit_log"):
-        assert _count(settings.database_url, table) == len(events), table
-    assert _outboxed(settings.database_url) == len(events)
+        assert _count(settings, table) == len(events), table
+    assert _outboxed(settings) == len(events)
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(events)
 
@@ -188,7 +189,7 @@ def test_each_batch_leaves_the_stage_empty_and_writes_its_own_outbox_row(
     finally:
         store.close()
     assert (first.decided, second.decided, row) == (25, len(events) - 25, (0,))
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         sizes = conn.execute(
             "SELECT cardinality(event_ids) FROM outbox_batches ORDER BY created_at"
         ).fetchall()
@@ -200,7 +201,7 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
 ) -> None:
     events = list({e["event_id"]: e for e in sample_events(20, seed=4)}.values())
     pipeline.process(_records(settings, events))
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_owner_url) as conn:
         # A crash after the Postgres commit, before the outcomes were marked published.
         (left,) = conn.execute(
             """UPDATE outbox_batches SET published_at = NULL,
@@ -235,8 +236,8 @@ def test_the_background_marker_marks_every_published_outcome(settings: Settings)
         for start in range(0, len(events), 100):
             pipeline.process(_records(settings, events[start : start + 100], start))
         assert marker.flush(10)
-        assert _outboxed(settings.database_url) == len(events)
-        assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
+        assert _outboxed(settings) == len(events)
+        assert _count(settings, "outbox_batches WHERE published_at IS NULL") == 0
     finally:
         marker.close()
         store.close()
@@ -253,7 +254,7 @@ def test_every_stored_column_says_what_the_rules_decided(
         pipeline.process(_records(settings, events[start : start + 200], start))
     expected = expected_decisions(events)
     raw = {e["event_id"]: e for e in events}
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         decisions = conn.execute(
             """SELECT event_id::text, order_id, exception_type, platform, buyer_id, amount_fen,
                       occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
@@ -315,7 +316,7 @@ def test_the_history_read_takes_keys_the_joined_form_cannot_carry(settings: Sett
     """A looser schema directory could admit an id holding the list separator: the read must
     then still find exactly that key (the binary-array fallback)."""
     odd = "ord\x1fodd"
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         conn.execute(
             """INSERT INTO recovery_cases (order_id, exception_type, platform, merchant_id,
                    buyer_id, status, opened_at, updated_at, last_event_id)

@@ -140,7 +140,7 @@ def run_overlapped(pipeline: Pipeline, recs: list[SourceRecord]) -> list[BatchRe
 
 def assert_decided_like_the_reference(settings: Settings, events: list[dict[str, Any]]) -> None:
     expected = expected_decisions(events)
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         rows = conn.execute("SELECT event_id::text, outcome, rule_ids FROM decisions").fetchall()
         comp = conn.execute("SELECT event_id::text, kind, amount_fen FROM compensations").fetchall()
     assert {r[0]: (r[1], tuple(r[2])) for r in rows} == {

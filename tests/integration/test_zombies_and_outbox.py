@@ -101,12 +101,30 @@ def test_a_zombie_writes_nothing_of_a_partition_another_worker_claimed(
     for _ in range(2):  # and again: it does not claim the partition back on its own
         late = zombie.process(records(settings, events[10:], start=10))
         assert (late.decided, late.commit_offsets) == (0, {})
-    assert decided_ids(settings.database_url) == {e["event_id"] for e in events[:10]}
+    assert decided_ids(settings.database_reader_url) == {e["event_id"] for e in events[:10]}
     assert set(published_ids(settings)) == {e["event_id"] for e in events[:10]}
     # Assigned the partition again by the group, it claims it, and now the other is fenced.
     zombie.assigned([(settings.source_topic("shipping-delay"), 0)])
     assert zombie.process(records(settings, events[10:], start=10)).decided == 5
     assert successor.process(records(settings, delays(1, "after"), start=15)).decided == 0
+
+
+def test_records_of_a_partition_revoked_before_they_were_decided_are_left_to_its_owner(
+    settings: Settings, build: Callable[..., Pipeline]
+) -> None:
+    """A batch fetched just before a rebalance holds records of a partition the runtime has
+    since revoked: claiming it would steal it back from the worker it went to."""
+    topic = settings.source_topic("shipping-delay")
+    events = delays(6, "revoked")
+    kept, moved = build(), build()
+    kept.assigned([(topic, 0), (topic, 1)])
+    kept.revoked([(topic, 1)])
+    moved.assigned([(topic, 1)])
+    assert moved.process(records(settings, events[3:], partition=1)).decided == 3
+    mixed = records(settings, events[:3]) + records(settings, delays(3, "late"), partition=1)
+    result = kept.process(mixed)
+    assert (result.decided, result.commit_offsets) == (3, {(topic, 0): 3})
+    assert moved.process(records(settings, delays(1, "still"), partition=1, start=3)).decided == 1
 
 
 def test_a_claim_waits_for_a_write_in_progress_under_the_old_lease(settings: Settings) -> None:
@@ -163,7 +181,7 @@ def test_two_workers_relays_send_each_leftover_once(
     pipeline = build()
     for start in range(0, len(events), 10):
         pipeline.process(records(settings, events[start : start + 10], start=start))
-    leave_unpublished(settings.database_url)
+    leave_unpublished(settings.database_owner_url)
     workers = [SlowRelayWorker(settings), SlowRelayWorker(settings)]
     stores = [PostgresStore(settings.database_url) for _ in workers]
     try:

@@ -120,10 +120,14 @@ def run(settings: Settings) -> int:
     def on_finished(message: Finished) -> None:
         """On the loop: the oldest batch sent is written and published, so its events may be
         committed. Releasing our extra reference is the final ack (`take_events` has resumed
-        long since: the body returns as soon as the batch is sent)."""
+        long since: the body returns as soon as the batch is sent). Only the partitions the
+        pipeline finished: records of one it found taken over by another worker are left
+        unacknowledged, for their new owner."""
         consumer = app.consumer
+        finished = {(t, p) for t, p, _ in message.offsets}
         for event in handed.popleft():
-            event.message.ack(consumer)
+            if (event.message.topic, event.message.partition) in finished:
+                event.message.ack(consumer)
         processed.update(((t, p), o) for t, p, o in message.offsets)
         slots.release()
 

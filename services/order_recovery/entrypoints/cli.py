@@ -51,7 +51,7 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = migrate(settings.database_url)
+    applied = migrate(settings.database_owner_url)
     print(f"applied: {', '.join(applied)}" if applied else "database schema up to date")
     return EXIT_OK
 
@@ -177,7 +177,7 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _case_show(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         entries = timeline(conn, args.order_id)
     if not entries:
         print(f"recoveryctl: no decisions for order {args.order_id}", file=sys.stderr)
@@ -190,7 +190,7 @@ def _case_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         total, groups = figures(conn, args.since, args.until, args.by)
     if args.json:
         print_json(
@@ -212,7 +212,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     ledger = read_ledger(args.ledger) if args.ledger else None
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         result = reconcile(decided_on(conn, args.date), args.date, ledger)
     if args.json:
         print_json(result.to_json())
@@ -223,7 +223,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     policies = load_policies(args.policy)  # PolicyError: a usage error here (exit 2)
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         stored = load(conn, args.since, args.until)
     with progress("re-deciding", len(stored)) as advance:
         result = simulate(stored, policies, advance)
@@ -249,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="the Postgres schema")
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    db_sub.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
-        handler=_db_migrate
-    )
+    db_sub.add_parser(
+        "migrate", help="apply pending migrations as the owner, DATABASE_OWNER_URL (idempotent)"
+    ).set_defaults(handler=_db_migrate)
     sample = commands.add_parser(
         "produce-sample",
         help="publish realistic mixed sample events (all platforms, edge cases, duplicates)",
@@ -397,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoveryctl: Kafka error: {_first_line(exc)}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"recoveryctl: cannot reach Postgres: {_first_line(exc)}", file=sys.stderr)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        print(
+            f"recoveryctl: Postgres refused: {_first_line(exc)} (is the DSN's role the one "
+            "this command needs? see docs/operations.md, Database roles)",
+            file=sys.stderr,
+        )
     except KeyboardInterrupt:
         print("recoveryctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -14,3 +14,8 @@ CREATE TABLE partition_leases (
     claimed_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
+
+-- The worker claims (insert, or a new epoch and owner) and share-locks leases (FOR SHARE needs an
+-- UPDATE privilege); it never removes one, nor renames what a lease is of.
+GRANT SELECT, INSERT ON partition_leases TO recovery_write;
+GRANT UPDATE (epoch, owner, claimed_at) ON partition_leases TO recovery_write;

@@ -27,3 +27,7 @@ FROM decisions WHERE exception_type = 'payment-timeout' GROUP BY order_id
 UNION ALL
 SELECT 'recovery_revoked', order_id, count(*)
 FROM decisions WHERE 'forged_logistics' = ANY(risk_flags) GROUP BY order_id;
+
+-- The worker reads counters, creates them and moves them on; it never resets or removes one.
+GRANT SELECT, INSERT ON limit_counters TO recovery_write;
+GRANT UPDATE (used, ceiling, updated_at) ON limit_counters TO recovery_write;
