@@ -23,6 +23,7 @@ from tests.support.databases import (
     scratch_database,
 )
 from tests.support.kafka_io import own_topics
+from tests.support.pipelines import PipelineBuilder
 
 ROLES_SQL = Path(__file__).resolve().parents[1] / "deploy/postgres/roles.sql"
 
@@ -132,6 +133,14 @@ def reader_database_url(test_database: Settings) -> str:
 @pytest.fixture
 def operator_database_url(test_database: Settings) -> str:
     return test_database.database_operator_url
+
+
+@pytest.fixture
+def build(settings: Settings) -> Iterator[PipelineBuilder]:
+    """Builds in-process pipelines on this test's settings (see tests/support/pipelines.py)."""
+    builder = PipelineBuilder(settings)
+    yield builder
+    builder.close()
 
 
 @pytest.fixture

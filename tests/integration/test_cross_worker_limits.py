@@ -12,24 +12,21 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 import psycopg
-import pytest
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher
-from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
-from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
+from order_recovery.pipeline import BatchResult, SourceRecord
 from order_recovery.stored_history import StoredHistory
 from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
 from tests.support.kafka_io import read_topic
+from tests.support.pipelines import PipelineBuilder
 from tests.unit.domain.factories import H, logistics_exception, payment_timeout, shipping_delay
 
 CAP = load_policies()["douyin"].risk.max_buyer_refunds_per_day
@@ -79,29 +76,9 @@ def records(settings: Settings, events: list[dict[str, Any]], partition: int) ->
     ]
 
 
-@pytest.fixture
-def build(settings: Settings) -> Iterator[Callable[[PostgresStore], Pipeline]]:
-    opened: list[PostgresStore] = []
-
-    def make(store: PostgresStore) -> Pipeline:
-        opened.append(store)
-        return Pipeline(
-            settings,
-            load_policies(),
-            store,
-            KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-            WorkerMetrics(),
-            RetryPolicy(threading.Event(), initial_s=0.01),
-        )
-
-    yield make
-    for store in opened:
-        store.close()
-
-
 def race(
     settings: Settings,
-    build: Callable[[PostgresStore], Pipeline],
+    build: PipelineBuilder,
     first: list[SourceRecord],
     second: list[SourceRecord],
 ) -> tuple[BatchResult, BatchResult, RacingStore]:
@@ -133,7 +110,7 @@ def compensations(dsn: str, where: str) -> list[tuple[str, str]]:
 
 
 def test_one_buyers_refunds_on_two_topics_stop_at_the_cap(
-    settings: Settings, build: Callable[[PostgresStore], Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """Fresh-goods shipping delays on one worker, pinduoduo refund-first logistics exceptions on
     the other, all the same buyer's on the same day: one refund per event would be 8."""
@@ -157,7 +134,7 @@ def test_one_buyers_refunds_on_two_topics_stop_at_the_cap(
 
 
 def test_a_second_coupon_decided_by_another_worker_is_refused(
-    settings: Settings, build: Callable[[PostgresStore], Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """Two delays of one order, decided by two workers at once (a partition moving between them,
     or a producer keying by something else): one coupon, whatever each read."""
@@ -182,7 +159,7 @@ def test_a_second_coupon_decided_by_another_worker_is_refused(
 
 
 def test_money_is_refused_once_another_worker_froze_the_order(
-    settings: Settings, build: Callable[[PostgresStore], Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """Three payment attempts are on record; the fourth (frozen) and a shipping delay's coupon
     of the same order are decided at once on two topics."""
@@ -203,7 +180,7 @@ def test_money_is_refused_once_another_worker_froze_the_order(
 
 
 def test_money_is_refused_once_another_worker_revoked_the_order(
-    settings: Settings, build: Callable[[PostgresStore], Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """Forged tracking (the right to recovery revoked) and a shipping delay's coupon of the same
     order, decided at once on two topics."""
@@ -215,7 +192,7 @@ def test_money_is_refused_once_another_worker_revoked_the_order(
 
 
 def test_a_worker_on_a_fresh_counter_is_not_held_up(
-    settings: Settings, build: Callable[[PostgresStore], Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """Two buyers' refunds raced: nothing depends on the other worker, nothing is decided twice."""
     fresh = shipping_delay("douyin", category="fresh", paid_ago=3 * H)

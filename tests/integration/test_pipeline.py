@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date, datetime
 
 import orjson
 import psycopg
 import pytest
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher
-from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
-from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
 from order_recovery.domain.contract import validate_outcome
-from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import Pipeline, SourceRecord
 from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
+from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
 
 
-def make_pipeline(settings: Settings, store: PostgresStore, **options: object) -> Pipeline:
-    return Pipeline(
-        settings,
-        load_policies(),
-        store,
-        KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-        WorkerMetrics(),
-        RetryPolicy(threading.Event()),
-        **options,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
-def pipeline(settings: Settings) -> Iterator[Pipeline]:
-    store = PostgresStore(settings.database_url)
-    yield make_pipeline(settings, store)
-    store.close()
+def pipeline(build: PipelineBuilder) -> Pipeline:
+    return build()
 
 
 def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> list[SourceRecord]:
@@ -152,7 +133,7 @@ class StaleReadStore(PostgresStore):
 
 
 def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
-    settings: Settings, pipeline: Pipeline
+    settings: Settings, pipeline: Pipeline, build: PipelineBuilder
 ) -> None:
     """Two workers can decide the same events during a rebalance; the late one's write hits the
     unique keys, nothing of it lands, and its batch is decided again on a fresh read, which
@@ -160,11 +141,7 @@ def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
     events = list({e["event_id"]: e for e in sample_events(50, seed=12)}.values())
     assert pipeline.process(_records(settings, events[:30])).decided == 30
     store = StaleReadStore(settings.database_url)
-    late = make_pipeline(settings, store)
-    try:
-        result = late.process(_records(settings, events))
-    finally:
-        store.close()
+    result = build(store).process(_records(settings, events))
     assert store.reads == 2  # the stale read, then the one after the conflict
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
     for table in ("decisions", "audit_log"):
@@ -175,19 +152,16 @@ def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
 
 
 def test_each_batch_leaves_the_stage_empty_and_writes_its_own_outbox_row(
-    settings: Settings,
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """The stage is emptied by the commit itself (ON COMMIT DELETE ROWS): rows left over from
     one batch would send the next down the keyed path and into the wrong outbox row."""
     events = list({e["event_id"]: e for e in sample_events(60, seed=13)}.values())
     store = PostgresStore(settings.database_url)
-    pipeline = make_pipeline(settings, store)
-    try:
-        first = pipeline.process(_records(settings, events[:25]))
-        second = pipeline.process(_records(settings, events[25:], start_offset=25))
-        row = store._connection().execute("SELECT count(*) FROM decision_stage").fetchone()
-    finally:
-        store.close()
+    pipeline = build(store)
+    first = pipeline.process(_records(settings, events[:25]))
+    second = pipeline.process(_records(settings, events[25:], start_offset=25))
+    row = store._connection().execute("SELECT count(*) FROM decision_stage").fetchone()
     assert (first.decided, second.decided, row) == (25, len(events) - 25, (0,))
     with psycopg.connect(settings.database_reader_url) as conn:
         sizes = conn.execute(
@@ -227,10 +201,11 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
     assert {o["source_event_id"] for o in published} == set(left[0])
 
 
-def test_the_background_marker_marks_every_published_outcome(settings: Settings) -> None:
+def test_the_background_marker_marks_every_published_outcome(
+    settings: Settings, build: PipelineBuilder
+) -> None:
     marker = OutboxMarker(settings.database_url)
-    store = PostgresStore(settings.database_url)
-    pipeline = make_pipeline(settings, store, mark_published=marker.mark)
+    pipeline = build(mark_published=marker.mark)
     try:
         events = list({e["event_id"]: e for e in sample_events(300, seed=9)}.values())
         for start in range(0, len(events), 100):
@@ -240,7 +215,6 @@ def test_the_background_marker_marks_every_published_outcome(settings: Settings)
         assert _count(settings, "outbox_batches WHERE published_at IS NULL") == 0
     finally:
         marker.close()
-        store.close()
 
 
 def test_every_stored_column_says_what_the_rules_decided(

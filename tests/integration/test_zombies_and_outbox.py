@@ -8,11 +8,10 @@ the order they were decided, also when a crash left older ones unsent."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,15 +20,13 @@ import psycopg
 import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
-from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.store import DecisionRow, PostgresStore
-from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
-from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import Pipeline, SourceRecord
+from order_recovery.pipeline import SourceRecord
 from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
+from tests.support.pipelines import PipelineBuilder
 from tests.unit.domain.factories import shipping_delay
 
 
@@ -55,29 +52,6 @@ def delays(count: int, tag: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture
-def build(settings: Settings) -> Iterator[Callable[..., Pipeline]]:
-    opened: list[PostgresStore] = []
-
-    def make(
-        store: PostgresStore | None = None, publisher: KafkaPublisher | None = None
-    ) -> Pipeline:
-        store = store or PostgresStore(settings.database_url)
-        opened.append(store)
-        return Pipeline(
-            settings,
-            load_policies(),
-            store,
-            publisher or KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-            WorkerMetrics(),
-            RetryPolicy(threading.Event(), initial_s=0.01),
-        )
-
-    yield make
-    for store in opened:
-        store.close()
-
-
 def decided_ids(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
         return {r[0] for r in conn.execute("SELECT event_id::text FROM decisions").fetchall()}
@@ -90,7 +64,7 @@ def published_ids(settings: Settings) -> list[str]:
 
 # ---------------------------------------------------------------------------- zombies
 def test_a_zombie_writes_nothing_of_a_partition_another_worker_claimed(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = delays(15, "zombie")
     zombie, successor = build(), build()
@@ -110,7 +84,7 @@ def test_a_zombie_writes_nothing_of_a_partition_another_worker_claimed(
 
 
 def test_records_of_a_partition_revoked_before_they_were_decided_are_left_to_its_owner(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """A batch fetched just before a rebalance holds records of a partition the runtime has
     since revoked: claiming it would steal it back from the worker it went to."""
@@ -175,7 +149,7 @@ def leave_unpublished(dsn: str) -> None:
 
 
 def test_two_workers_relays_send_each_leftover_once(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = list({e["event_id"]: e for e in sample_events(30, seed=5)}.values())
     pipeline = build()
@@ -205,7 +179,7 @@ class CrashingPublisher(KafkaPublisher):
 
 
 def test_outcomes_a_crash_left_unsent_go_out_before_newer_ones_of_the_same_orders(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     first = delays(5, "crash")
     later = [
@@ -241,10 +215,10 @@ class CommitThenDrop(PostgresStore):
 
 
 def test_a_write_that_committed_unbeknown_is_published_on_the_redo(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = delays(8, "unbeknown")
     store = CommitThenDrop(settings.database_url)
-    result = build(store=store).process(records(settings, events))
+    result = build(store).process(records(settings, events))
     assert store.writes == 2 and (result.decided, result.duplicates) == (0, 8)
     assert Counter(published_ids(settings)) == Counter(e["event_id"] for e in events)
