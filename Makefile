@@ -11,13 +11,20 @@ export LOCAL_KAFKA_PORT ?= 19092
 export LOCAL_PG_PORT ?= 55432
 export LOCAL_PROMETHEUS_PORT ?= 19090
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
-export DATABASE_URL ?= postgresql://recovery@127.0.0.1:$(LOCAL_PG_PORT)/order_recovery
+# One DSN per database role (README, Configuration); the passwords are the local stack's, local-only.
+PG_AT := 127.0.0.1:$(LOCAL_PG_PORT)
+export DATABASE_URL ?= postgresql://recovery_worker:worker-local-only@$(PG_AT)/order_recovery
+export DATABASE_OWNER_URL ?= postgresql://recovery_owner:owner-local-only@$(PG_AT)/order_recovery
+export DATABASE_READER_URL ?= postgresql://recovery_reports:reports-local-only@$(PG_AT)/order_recovery
+export DATABASE_OPERATOR_URL ?= postgresql://recovery_operator:operator-local-only@$(PG_AT)/order_recovery
+# The cluster's superuser: only the tests and the bench use it, to make scratch databases.
+export DATABASE_ADMIN_URL ?= postgresql://postgres:admin-local-only@$(PG_AT)/postgres
 PYTEST_ARGS ?=
 
 .PHONY: help venv up down status run test fuzz lint bench clean dashboard-png
 
 help:
-	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate, run the worker (Ctrl-C stops it)"
+	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate (owner role), run the worker (worker role; Ctrl-C stops it)"
 	@echo "make test    start what the tests need, run pytest, stop what it started"
 	@echo "make up | down | status   the local services only"
 	@echo "make fuzz    hypothesis over bad input, many more examples than make test (FUZZ_EXAMPLES)"

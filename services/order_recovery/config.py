@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from psycopg.conninfo import make_conninfo
 
 EXCEPTION_TYPES: tuple[str, ...] = ("payment-timeout", "shipping-delay", "logistics-exception")
 #: Half the broker's default message.max.bytes (1 MiB): a record under it always fits in its dead
@@ -22,6 +24,18 @@ DEFAULT_MAX_RECORD_BYTES = 512 * 1024
 DEFAULT_MAX_EVENT_SKEW_S = 60.0
 OUTCOME_TOPIC_SUFFIX = "recovery-outcome"
 DLQ_SUFFIX = ".dlq"
+
+
+#: One DSN per database role (deploy/postgres/roles.sql), each used by what needs that role: the
+#: worker's is DATABASE_URL, the one every deployment sets. The defaults reach the local stack with
+#: its local-only passwords.
+_LOCAL_PG = "127.0.0.1:55432/order_recovery"
+DATABASE_URLS: dict[str, str] = {
+    "DATABASE_URL": "database_url",  # recovery_worker: the pipeline
+    "DATABASE_OWNER_URL": "database_owner_url",  # recovery_owner: migrations
+    "DATABASE_READER_URL": "database_reader_url",  # recovery_reports: recoveryctl's reports
+    "DATABASE_OPERATOR_URL": "database_operator_url",  # recovery_operator: operators' writes
+}
 
 
 class ConfigError(ValueError):
@@ -64,7 +78,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
-    database_url: str = "postgresql://recovery@127.0.0.1:55432/order_recovery"
+    database_url: str = f"postgresql://recovery_worker:worker-local-only@{_LOCAL_PG}"
+    database_owner_url: str = f"postgresql://recovery_owner:owner-local-only@{_LOCAL_PG}"
+    database_reader_url: str = f"postgresql://recovery_reports:reports-local-only@{_LOCAL_PG}"
+    database_operator_url: str = f"postgresql://recovery_operator:operator-local-only@{_LOCAL_PG}"
     topic_prefix: str = "orders."
     topic_partitions: int = 6
     topic_replication_factor: int = 1
@@ -89,7 +106,10 @@ class Settings:
         return cls(
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS")
             or defaults.kafka_bootstrap_servers,
-            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            **{
+                field_name: env.get(variable) or getattr(defaults, field_name)
+                for variable, field_name in DATABASE_URLS.items()
+            },
             topic_prefix=env.get("ORDER_RECOVERY_TOPIC_PREFIX", defaults.topic_prefix),
             topic_partitions=_int(env, "ORDER_RECOVERY_TOPIC_PARTITIONS", 6, minimum=1),
             topic_replication_factor=_int(env, "ORDER_RECOVERY_TOPIC_REPLICATION", 1, minimum=1),
@@ -111,6 +131,21 @@ class Settings:
             max_event_skew_s=_float(
                 env, "ORDER_RECOVERY_MAX_EVENT_SKEW_S", DEFAULT_MAX_EVENT_SKEW_S
             ),
+        )
+
+    def database_env(self) -> dict[str, str]:
+        """Every role's DSN as the environment variables a child process reads."""
+        return {variable: getattr(self, name) for variable, name in DATABASE_URLS.items()}
+
+    def with_database(self, dbname: str, **conninfo: str) -> Settings:
+        """These settings with every role's DSN pointing at another database (the tests' and the
+        bench's scratch databases), and at another server if `conninfo` says so."""
+        return replace(
+            self,
+            **{
+                name: make_conninfo(getattr(self, name), dbname=dbname, **conninfo)
+                for name in DATABASE_URLS.values()
+            },
         )
 
     def source_topic(self, event_type: str) -> str:

@@ -70,7 +70,7 @@ def test_records_whose_dead_letters_the_broker_refuses_do_not_stop_the_worker(
         assert worker.proc is not None
         exited = worker.proc.poll()
         assert exited is None, f"the worker exited with {exited}:\n{worker.log()[-4000:]}"
-        return int(rows(settings.database_url, "SELECT count(*) FROM decisions")[0][0])
+        return int(rows(settings.database_reader_url, "SELECT count(*) FROM decisions")[0][0])
 
     wait_until(lambda: decided() == len(events), 90, "every valid event decided")
     ends = end_offsets(settings.kafka_bootstrap_servers, settings.source_topics)
@@ -94,7 +94,7 @@ def test_records_whose_dead_letters_the_broker_refuses_do_not_stop_the_worker(
     assert headers["dlq.value.truncated"] == b"true"
     assert headers["dlq.value.bytes"] == str(len(huge)).encode()
     kept = rows(
-        settings.database_url,
+        settings.database_reader_url,
         "SELECT source_topic, error_class, value_bytes FROM unsendable_dead_letters",
     )
     assert kept == [(logistics, "malformed_json", 30_000)]

@@ -44,7 +44,7 @@ def dead_letters(settings: Settings, topic: str) -> list[Any]:
 
 
 def decisions(settings: Settings) -> int:
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute("SELECT count(*) FROM decisions").fetchone()
     return int(row[0]) if row else 0
 
@@ -101,7 +101,7 @@ def test_a_dead_letter_refused_even_truncated_is_kept_in_postgres_and_the_batch_
     assert result.commit_offsets == {(topic, 0): 5}
     sent = dead_letters(settings, topic)
     assert sorted(m.value() for m in sent) == [b"[]", b"{not json"]
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         rows = conn.execute(
             """SELECT source_topic, source_partition, source_offset, dlq_topic, error_class,
                       refusal, length(value_prefix), value_bytes, header_names, worker_id
@@ -116,7 +116,7 @@ def test_a_dead_letter_refused_even_truncated_is_kept_in_postgres_and_the_batch_
 
     again = run.process(batch)  # redelivered (a worker died before committing): no second row
     assert again.commit_offsets == {(topic, 0): 5}
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         assert conn.execute("SELECT count(*) FROM unsendable_dead_letters").fetchone() == (1,)
     assert run.metrics.dead_letters_unsendable._value.get() == 1
 
@@ -145,7 +145,7 @@ def test_an_event_from_the_future_is_dead_lettered_and_a_slightly_early_one_deci
         (2, "event_from_future"),
     ]
     assert "ahead of the record's timestamp" in result.dead_letters[0].message
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         (decided,) = conn.execute("SELECT event_id::text FROM decisions").fetchall()
     assert decided == (base[0]["event_id"],)
 

@@ -111,7 +111,7 @@ def test_bad_input_never_stops_the_pipeline(settings: Settings, run: Run) -> Non
         for m in read_topic(settings.kafka_bootstrap_servers, settings.dlq_topic(topic)):
             headers = dict(m.headers())
             found[headers["dlq.id"].decode()] = headers["dlq.error.class"].decode()
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         kept = conn.execute(
             """SELECT source_topic || '/' || source_partition || '/' || source_offset,
                       error_class FROM unsendable_dead_letters"""

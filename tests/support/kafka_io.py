@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -16,7 +19,26 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
 from order_recovery.config import Settings
+
+
+@contextmanager
+def own_topics(kafka_bootstrap: str, base: Settings) -> Iterator[Settings]:
+    """`base` with topics and a consumer group of its own: created here, deleted after."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = replace(
+        base,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=prefix,
+        topic_partitions=3,
+        consumer_group=f"{prefix}group",
+    )
+    ensure_topics(kafka_bootstrap, settings.all_topics, 3, 1)
+    try:
+        yield settings
+    finally:
+        delete_topics(kafka_bootstrap, settings.all_topics)
 
 
 def produce_events(

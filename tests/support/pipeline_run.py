@@ -7,13 +7,11 @@ import threading
 
 import pytest
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher
 from order_recovery.adapters.metrics import WorkerMetrics
-from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
-from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
+from order_recovery.pipeline import BatchResult, SourceRecord
+from tests.support.pipelines import PipelineBuilder
 
 #: The records' broker timestamp: after every sample event (June 2025).
 PRODUCED_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -22,20 +20,15 @@ STUCK_S = 30.0
 
 
 class Run:
-    """A pipeline and the stop event of its retries."""
+    """A pipeline (tests.support.pipelines), its metrics and the stop event of its retries."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stop = threading.Event()
-        self.store = PostgresStore(settings.database_url)
         self.metrics = WorkerMetrics()
-        self.pipeline = Pipeline(
-            settings,
-            load_policies(),
-            self.store,
-            KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-            self.metrics,
-            RetryPolicy(self.stop),
+        self._build = PipelineBuilder(settings)
+        self.pipeline = self._build(
+            metrics=self.metrics, retry=RetryPolicy(self.stop, initial_s=0.01)
         )
 
     def process(self, records: list[SourceRecord]) -> BatchResult:
@@ -61,4 +54,4 @@ class Run:
 
     def close(self) -> None:
         self.pipeline.close()
-        self.store.close()
+        self._build.close()

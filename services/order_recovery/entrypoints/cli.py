@@ -60,7 +60,7 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = migrate(settings.database_url)
+    applied = migrate(settings.database_owner_url)
     print(f"applied: {', '.join(applied)}" if applied else "database schema up to date")
     return EXIT_OK
 
@@ -126,7 +126,7 @@ def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     topics = dlq_topics(settings)
     letters = read_letters(settings, topics, _reading)
     try:
-        with connect(settings.database_url) as conn:
+        with connect(settings.database_reader_url) as conn:
             unsendable: dict[str, int] | None = unsendable_counts(conn, topics)
     except psycopg.Error as exc:  # the dead-letter topics are worth listing without it
         print(f"recoveryctl: unsendable dead letters unknown: {_first_line(exc)}", file=sys.stderr)
@@ -153,7 +153,7 @@ def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dlq_unsendable(args: argparse.Namespace, settings: Settings) -> int:
     topic = resolve_topic(settings, args.topic)
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         matched, rows = read_unsendable(
             conn, [topic] if topic else dlq_topics(settings), args.limit
         )
@@ -206,7 +206,7 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _case_show(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         entries = timeline(conn, args.order_id)
     if not entries:
         print(f"recoveryctl: no decisions for order {args.order_id}", file=sys.stderr)
@@ -219,7 +219,7 @@ def _case_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         total, groups = figures(conn, args.since, args.until, args.by)
     if args.json:
         print_json(
@@ -241,7 +241,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     ledger = read_ledger(args.ledger) if args.ledger else None
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         result = reconcile(decided_on(conn, args.date), args.date, ledger)
     if args.json:
         print_json(result.to_json())
@@ -252,7 +252,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     policies = load_policies(args.policy)  # PolicyError: a usage error here (exit 2)
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         stored = load(conn, args.since, args.until)
     with progress("re-deciding", len(stored)) as advance:
         result = simulate(stored, policies, advance)
@@ -278,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="the Postgres schema")
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    db_sub.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
-        handler=_db_migrate
-    )
+    db_sub.add_parser(
+        "migrate", help="apply pending migrations as the owner, DATABASE_OWNER_URL (idempotent)"
+    ).set_defaults(handler=_db_migrate)
     sample = commands.add_parser(
         "produce-sample",
         help="publish realistic mixed sample events (all platforms, edge cases, duplicates)",
@@ -447,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoveryctl: Kafka error: {_first_line(exc)}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"recoveryctl: cannot reach Postgres: {_first_line(exc)}", file=sys.stderr)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        print(
+            f"recoveryctl: Postgres refused: {_first_line(exc)} (is the DSN's role the one "
+            "this command needs? see docs/operations.md, Database roles)",
+            file=sys.stderr,
+        )
     except KeyboardInterrupt:
         print("recoveryctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

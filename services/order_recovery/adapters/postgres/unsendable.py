@@ -1,4 +1,4 @@
-"""The last-resort store of the dead-letter path: `unsendable_dead_letters` (migration 0008).
+"""The last-resort store of the dead-letter path: `unsendable_dead_letters` (migration 0009).
 
 Written only when the broker refused a dead letter even truncated, which should never happen with
 sane topic settings, so the connection is opened on first use and a worker that never needs it
@@ -17,7 +17,7 @@ INSERT = """INSERT INTO unsendable_dead_letters (
         source_topic, source_partition, source_offset, dlq_topic, error_class, error_message,
         refusal, record_key, header_names, header_values, value_prefix, value_bytes, worker_id)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING"""
+    ON CONFLICT DO NOTHING"""  # the key is the only unique one; naming it would need SELECT
 
 
 def _text(value: str) -> str:

@@ -22,3 +22,7 @@ CREATE TABLE unsendable_dead_letters (
     PRIMARY KEY (source_topic, source_partition, source_offset),
     CHECK (cardinality(header_names) = cardinality(header_values))
 );
+
+-- The worker only adds rows (ON CONFLICT DO NOTHING without a conflict target needs no more);
+-- reports read them (recoveryctl dlq list / unsendable) through the default privilege of 0006.
+GRANT INSERT ON unsendable_dead_letters TO recovery_write;
