@@ -22,8 +22,9 @@ STUCK_S = 30.0
 class Run:
     """A pipeline (tests.support.pipelines), its metrics and the stop event of its retries."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, stuck_s: float = STUCK_S) -> None:
         self.settings = settings
+        self.stuck_s = stuck_s
         self.stop = threading.Event()
         self.metrics = WorkerMetrics()
         self._build = PipelineBuilder(settings)
@@ -42,11 +43,11 @@ class Run:
 
         thread = threading.Thread(target=work)
         thread.start()
-        thread.join(STUCK_S)
+        thread.join(self.stuck_s)
         if thread.is_alive():
             self.stop.set()  # the retry gives up and raises its last fault
             thread.join(30)
-            pytest.fail(f"the batch did not finish in {STUCK_S}s: {done}")
+            pytest.fail(f"the batch did not finish in {self.stuck_s}s: {done}")
         (result,) = done
         if isinstance(result, BaseException):
             raise result
