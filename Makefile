@@ -21,12 +21,13 @@ export DATABASE_OPERATOR_URL ?= postgresql://recovery_operator:operator-local-on
 export DATABASE_ADMIN_URL ?= postgresql://postgres:admin-local-only@$(PG_AT)/postgres
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test lint bench clean dashboard-png
+.PHONY: help venv up down status run test fuzz lint bench clean dashboard-png
 
 help:
 	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate (owner role), run the worker (worker role; Ctrl-C stops it)"
 	@echo "make test    start what the tests need, run pytest, stop what it started"
 	@echo "make up | down | status   the local services only"
+	@echo "make fuzz    hypothesis over bad input, many more examples than make test (FUZZ_EXAMPLES)"
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
 	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
@@ -68,6 +69,15 @@ test: venv
 	@started=$$(mktemp); \
 	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
 	$(STACK) up --record "$$started" && $(BIN)/pytest $(PYTEST_ARGS)
+
+# The fuzz tests (marker `fuzz`: the decoder over raw bytes and near-valid documents, the pipeline
+# with the real Kafka and Postgres) under the hypothesis profile `fuzz`: FUZZ_EXAMPLES examples per
+# test (default 2000: about half a minute here) instead of the few hundred `make test` runs.
+fuzz: venv
+	@started=$$(mktemp); \
+	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
+	$(STACK) up --record "$$started" kafka postgres && \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m fuzz $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check services tests bench deploy

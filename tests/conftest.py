@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from psycopg.conninfo import conninfo_to_dict
 
 from order_recovery.adapters.postgres.migrations import migrate
@@ -26,6 +28,16 @@ from tests.support.kafka_io import own_topics
 from tests.support.pipelines import PipelineBuilder
 
 ROLES_SQL = Path(__file__).resolve().parents[1] / "deploy/postgres/roles.sql"
+
+# `make fuzz` runs the fuzz tests (marker `fuzz`) under this profile: many more examples than the
+# quick runs of `make test` (see tests/support/fuzz.py).
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "2000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def _choose(variable: str) -> str:

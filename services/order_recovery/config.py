@@ -12,6 +12,16 @@ from pathlib import Path
 from psycopg.conninfo import make_conninfo
 
 EXCEPTION_TYPES: tuple[str, ...] = ("payment-timeout", "shipping-delay", "logistics-exception")
+#: Half the broker's default message.max.bytes (1 MiB): a record under it always fits in its dead
+#: letter whole (value plus a few KiB of headers) on a topic with the broker's defaults, while a
+#: real event is about 1 KiB (only a contrived valid one, twenty 2048-character evidence URIs
+#: written as escaped surrogate pairs, comes near 500 KiB).
+DEFAULT_MAX_RECORD_BYTES = 512 * 1024
+#: How far occurred_at may run ahead of the record's broker timestamp. NTP keeps clocks within
+#: milliseconds; a minute tolerates a badly synced producer while moving no rule limit by more
+#: than a fifteenth of the shortest one (15 min), and no refund onto the next day's cap unless the
+#: event was within a minute of midnight.
+DEFAULT_MAX_EVENT_SKEW_S = 60.0
 OUTCOME_TOPIC_SUFFIX = "recovery-outcome"
 DLQ_SUFFIX = ".dlq"
 
@@ -85,6 +95,8 @@ class Settings:
     policy_dir: Path | None = None
     runtime: str = "confluent"  # the faster of the two in `make bench`; see README
     log_level: str = "INFO"
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -113,6 +125,12 @@ class Settings:
             policy_dir=Path(policy_dir) if policy_dir else None,
             log_level=(env.get("ORDER_RECOVERY_LOG_LEVEL") or "INFO").upper(),
             runtime=_choice(env, "ORDER_RECOVERY_RUNTIME", "confluent", ("confluent", "faust")),
+            max_record_bytes=_int(
+                env, "ORDER_RECOVERY_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, minimum=1024
+            ),
+            max_event_skew_s=_float(
+                env, "ORDER_RECOVERY_MAX_EVENT_SKEW_S", DEFAULT_MAX_EVENT_SKEW_S
+            ),
         )
 
     def database_env(self) -> dict[str, str]:

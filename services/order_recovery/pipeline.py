@@ -5,7 +5,9 @@ decode -> validate -> load history -> decide -> persist -> publish, then the run
 may only be committed once a batch's BatchResult is returned: by then every valid event's decision
 is committed in Postgres, every outcome and dead letter is on the broker. Transient faults are
 retried for as long as they last (the partition waits); permanent per-event faults go to the
-record's dead-letter topic and the batch carries on. Anything else is a bug and propagates: the
+record's dead-letter topic and the batch carries on (`intake` checks a record's size before it is
+decoded and its event time after; `dead_letters` sees each dead letter through, truncated or kept
+in Postgres if the broker refuses it). Anything else is a bug and propagates: the
 runtime must then stop without acknowledging the batch.
 
 Two ways to drive it. `process` takes one batch all the way through. `submit` overlaps batches:
@@ -50,13 +52,17 @@ from order_recovery.adapters.postgres.store import (
     Partition,
     PostgresStore,
 )
+from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy, transient_cause
 from order_recovery.config import Settings
+from order_recovery.dead_letters import DeadLetterSender
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.decision import Decision, Outcome
 from order_recovery.domain.errors import (
+    EventFromFuture,
     InvalidEvent,
     MalformedJson,
+    OversizedRecord,
     SchemaViolation,
     UnknownEventType,
     UnknownPlatform,
@@ -68,38 +74,27 @@ from order_recovery.domain.outcome import outcome_json
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.rules import decide
 from order_recovery.faults import Fenced
+from order_recovery.intake import check_event_time, check_size
+from order_recovery.records import DeadLetter, SourceRecord
 
 log = logging.getLogger(__name__)
 
-DLQ_HEADER_PREFIX = "dlq."
-REPLAY_ATTEMPT_HEADER = "dlq.attempt"
 RULE_ERROR = "rule_error"
 #: Outbox batches this pipeline published and remembers, so that a batch meeting their events
 #: again (an exact duplicate in the feed) does not resend them before their background mark lands;
 #: a handful of batches is seconds of marks.
 PUBLISHED_HERE_KEPT = 16
 DEAD_LETTER_REASONS = tuple(
-    cls.error_class for cls in (MalformedJson, SchemaViolation, UnknownEventType, UnknownPlatform)
+    cls.error_class
+    for cls in (
+        OversizedRecord,
+        MalformedJson,
+        SchemaViolation,
+        UnknownEventType,
+        EventFromFuture,
+        UnknownPlatform,
+    )
 )
-
-
-# Structs, not dataclasses, for what is built per event (see domain/events.py).
-class SourceRecord(Struct, frozen=True, gc=False):
-    """A consumed record, as any runtime can describe it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class DeadLetter(Struct, frozen=True, gc=False):
-    record: SourceRecord
-    error_class: str
-    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +174,7 @@ class Pipeline:
         retry: RetryPolicy,
         mark_published: Callable[[list[str]], None] | None = None,
         reader: PostgresStore | None = None,
+        unsendable: UnsendableStore | None = None,
     ) -> None:
         self._settings = settings
         self._policies = policies
@@ -192,6 +188,9 @@ class Pipeline:
         # History reads for batch N+1 while N is written need a connection of their own;
         # without one, `submit` finishes N before deciding N+1.
         self._reader = reader
+        self._dead_letters = DeadLetterSender(
+            settings, publisher, unsendable or UnsendableStore(settings.database_url), metrics
+        )
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="pipeline-writer")
         self._in_flight: _Batch | None = None
         # This worker's lease epoch per partition it claimed (see `_claim`); the partitions the
@@ -243,6 +242,7 @@ class Pipeline:
 
     def close(self) -> None:
         self._writer.shutdown(wait=True)
+        self._dead_letters.close()
 
     # ------------------------------------------------------------------ partitions
     def assigned(self, partitions: Iterable[Partition]) -> None:
@@ -292,9 +292,12 @@ class Pipeline:
     # ------------------------------------------------------------------ the stages
     def _decode(self, records: Sequence[SourceRecord]) -> _Batch:
         batch = _Batch(records, [], [], time.perf_counter())
+        max_bytes, max_skew_s = self._settings.max_record_bytes, self._settings.max_event_skew_s
         for record in records:
             try:
+                check_size(record, max_bytes)
                 event = decode_event(record.value if record.value is not None else b"")
+                check_event_time(event, record, max_skew_s)
                 policy = policy_for(self._policies, event.envelope.platform)
             except InvalidEvent as exc:
                 batch.dead.append(DeadLetter(record, exc.error_class, str(exc)))
@@ -469,8 +472,7 @@ class Pipeline:
             )
             for d in batch.decided
         ]
-        letters = [self._dead_letter_message(letter) for letter in batch.dead]
-        self._publisher.publish([*letters, *outcomes])
+        self._dead_letters.publish(batch.dead, outcomes)
 
     def publish_outbox(self, batches: list[OutboxBatch]) -> None:
         """Send outbox batches' outcomes, in order (the outbox relay's and the catch-up's)."""
@@ -481,25 +483,6 @@ class Pipeline:
 
     def _mark_now(self, batch_ids: list[str]) -> None:
         self._retry.call(lambda: self._store.mark_published(batch_ids), "mark outbox published")
-
-    def _dead_letter_message(self, letter: DeadLetter) -> OutgoingMessage:
-        r = letter.record
-        previous = dict(r.headers).get(REPLAY_ATTEMPT_HEADER)
-        attempt = int(previous) + 1 if previous and previous.isdigit() else 1
-        original = [(k, v) for k, v in r.headers if not k.startswith(DLQ_HEADER_PREFIX)]
-        headers = [
-            *original,
-            ("dlq.error.class", letter.error_class.encode()),
-            ("dlq.error.message", letter.message.encode()[:4000]),
-            ("dlq.original.topic", r.topic.encode()),
-            ("dlq.original.partition", str(r.partition).encode()),
-            ("dlq.original.offset", str(r.offset).encode()),
-            ("dlq.original.timestamp", str(r.timestamp_ms or "").encode()),
-            (REPLAY_ATTEMPT_HEADER, str(attempt).encode()),
-            ("dlq.failed.at", datetime.now(UTC).isoformat().encode()),
-            ("dlq.worker.id", self._settings.worker_id.encode()),
-        ]
-        return OutgoingMessage(Settings.dlq_topic(r.topic), r.key, r.value, headers)
 
     # ------------------------------------------------------------------ metrics
     def _observe(self, batch: _Batch) -> None:

@@ -27,6 +27,7 @@ TABLES = (
     "outbox_batches",
     "limit_counters",
     "partition_leases",
+    "unsendable_dead_letters",
     "schema_migrations",
 )
 EVENT_ID = "6f1d3c52-4a7e-4d1b-9a41-1f0c2b7d9e01"
@@ -74,6 +75,13 @@ def _seed(owner_url: str) -> None:
         conn.execute(
             "INSERT INTO partition_leases (topic, partition, epoch, owner)"
             " VALUES ('orders.shipping-delay', 0, 1, 'w1')"
+        )
+        conn.execute(
+            """INSERT INTO unsendable_dead_letters (source_topic, source_partition,
+                   source_offset, dlq_topic, error_class, error_message, refusal, header_names,
+                   header_values, value_bytes, worker_id)
+               VALUES ('orders.shipping-delay', 0, 7, 'orders.shipping-delay.dlq',
+                   'malformed_json', 'm', 'too large', '{}', '{}', 9, 'w1')"""
         )
 
 
@@ -174,6 +182,12 @@ WORKER_REFUSED = (
     "TRUNCATE partition_leases",
     "DELETE FROM partition_leases",
     "UPDATE partition_leases SET partition = 1",
+    # A dead letter kept in Postgres is added once (ON CONFLICT DO NOTHING, no target), never
+    # changed, removed, or read back by the worker.
+    "UPDATE unsendable_dead_letters SET error_class = 'rule_error'",
+    "DELETE FROM unsendable_dead_letters",
+    "TRUNCATE unsendable_dead_letters",
+    "SELECT * FROM unsendable_dead_letters",
     # What the worker does not need to read.
     "SELECT * FROM audit_log",
     "SELECT * FROM actions",
@@ -262,6 +276,7 @@ READ_ONLY_REFUSED = (
         ("decisions", "outcome"), ("actions", "action"), ("compensations", "amount_fen"),
         ("audit_log", "to_status"), ("recovery_cases", "status"),
         ("outbox_batches", "published_at"), ("schema_migrations", "name"),
+        ("unsendable_dead_letters", "error_class"),
     )),
     *(f"DELETE FROM {t}" for t in TABLES),
     *(f"TRUNCATE {t}" for t in TABLES),

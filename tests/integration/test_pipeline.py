@@ -17,6 +17,7 @@ from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import Pipeline, SourceRecord
 from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
+from tests.support.pipeline_run import PRODUCED_MS
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
 
@@ -34,7 +35,7 @@ def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> l
             start_offset + i,
             e["order_id"].encode(),
             orjson.dumps(e),
-            1_700_000_000_000,
+            PRODUCED_MS,
         )
         for i, e in enumerate(events)
     ]

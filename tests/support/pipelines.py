@@ -27,6 +27,8 @@ class PipelineBuilder:
         reader: PostgresStore | None = None,
         publisher: KafkaPublisher | None = None,
         mark_published: Callable[[list[str]], None] | None = None,
+        metrics: WorkerMetrics | None = None,
+        retry: RetryPolicy | None = None,
     ) -> Pipeline:
         """A pipeline on `store` (a fresh one by default); with `reader`, overlapped."""
         store = store or PostgresStore(self.settings.database_url)
@@ -36,8 +38,8 @@ class PipelineBuilder:
             load_policies(),
             store,
             publisher or KafkaPublisher(self.settings.kafka_bootstrap_servers, "test"),
-            WorkerMetrics(),
-            RetryPolicy(threading.Event(), initial_s=0.01),
+            metrics or WorkerMetrics(),
+            retry or RetryPolicy(threading.Event(), initial_s=0.01),
             mark_published=mark_published,
             reader=reader,
         )

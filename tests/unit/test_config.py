@@ -70,6 +70,8 @@ def test_environment_overrides() -> None:
         ("ORDER_RECOVERY_BATCH_SIZE", "0"),
         ("ORDER_RECOVERY_METRICS_PORT", "x"),
         ("ORDER_RECOVERY_BATCH_TIMEOUT_S", "-1"),
+        ("ORDER_RECOVERY_MAX_RECORD_BYTES", "100"),
+        ("ORDER_RECOVERY_MAX_EVENT_SKEW_S", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

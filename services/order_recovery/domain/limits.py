@@ -15,7 +15,9 @@ still triggered a control (refunds intercepted, attempts frozen, right revoked) 
 the true count too; only decisions that let something through rely on a bound:
 - buyer refunds per business day: a granted refund relies on being within the platform's cap;
 - payment attempts per order: a payment-timeout decision not frozen relies on the count before it
-  being within the maximum, and so does every other decision of the order that moves money;
+  being within the maximum, and so does every other decision of the order that moves money; a
+  decision final before the risk controls (a rejection, an order whose right to recovery was
+  revoked) is what it is whatever the count, and relies on nothing;
 - revocations per order (forged logistics): a decision that moves money relies on there being none.
 A decision that moves no money and triggers nothing is decided on the history it read: another
 event of the same order on another topic may land just before or after it either way.
@@ -31,7 +33,7 @@ from enum import StrEnum
 
 from msgspec import Struct
 
-from order_recovery.domain.decision import CompensationKind, Decision, RiskFlag
+from order_recovery.domain.decision import CompensationKind, Decision, Outcome, RiskFlag
 from order_recovery.domain.events import Event, EventType
 from order_recovery.domain.history import business_day
 from order_recovery.domain.policy import Policy
@@ -84,9 +86,12 @@ def limit_uses(event: Event, decision: Decision, policy: Policy) -> list[LimitUs
         subject = buyer_day_subject(env.buyer_id, business_day(env.occurred_at))
         uses.append(LimitUse(LimitKind.BUYER_REFUNDS, subject, 1, risk.max_buyer_refunds_per_day))
     frozen = RiskFlag.EXCESSIVE_PAYMENT_ATTEMPTS in flags
+    # Final before the risk controls ran (rules.decide): no count would have changed it. Claiming
+    # a bound anyway made the fifth rejection of one order unwritable, and retried for ever.
+    final = decision.outcome is Outcome.REJECTED or RiskFlag.RECOVERY_RIGHT_REVOKED in flags
     if env.event_type is EventType.PAYMENT_TIMEOUT:
         # Not frozen: at most the maximum before this attempt, so at most one more after it.
-        bound = None if frozen else risk.max_payment_attempts + 1
+        bound = None if frozen or final else risk.max_payment_attempts + 1
         uses.append(LimitUse(LimitKind.PAYMENT_ATTEMPTS, env.order_id, 1, bound))
     elif money and not frozen:
         attempts = risk.max_payment_attempts

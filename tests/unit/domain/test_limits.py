@@ -20,6 +20,7 @@ from order_recovery.domain.limits import (
 from tests.unit.domain.factories import (
     POLICIES,
     H,
+    M,
     decode,
     logistics_exception,
     payment_timeout,
@@ -118,3 +119,16 @@ def test_the_folded_check_holds_exactly_when_every_use_holds_in_order(
     assert claim.delta == counter - base
     accepted = claim.ceiling is None or base + claim.delta <= claim.ceiling
     assert accepted == every_use_holds
+
+
+def test_a_decision_final_before_the_risk_controls_relies_on_no_attempt_bound() -> None:
+    """A rejection (not yet expired) and a payment timeout of a revoked order are what they are
+    whatever the count: bound to 4 attempts, the fifth of one order could never be written."""
+    early = payment_timeout(created_ago=10 * M, failed_ago=5 * M)
+    revoked = payment_timeout()  # inside its window: closed only because the right was revoked
+    for doc, history in (
+        (early, OrderHistory(payment_attempts=4)),
+        (revoked, OrderHistory(recovery_right_revoked=True)),
+    ):
+        assert uses(doc, history) == [LimitUse(ATTEMPTS, doc["order_id"], 1, None)]
+    assert uses(revoked) == [LimitUse(ATTEMPTS, revoked["order_id"], 1, 4)]  # decided on the count

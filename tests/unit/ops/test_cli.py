@@ -20,6 +20,7 @@ COMMANDS = {
     ("policy", "check"): ["DIR", "--json"],
     ("dlq", "list"): ["--json"],
     ("dlq", "show"): ["--topic", "--error-class", "--order-id", "--since", "--until", "--limit"],
+    ("dlq", "unsendable"): ["--topic", "--limit", "--json"],
     ("dlq", "replay"): [
         "--topic", "--error-class", "--order-id", "--since", "--until", "--replay-id",
         "--dry-run", "--rate", "--limit", "--json",
