@@ -73,7 +73,7 @@ from order_recovery.domain.limits import LimitClaim, LimitUse, fold_claims, limi
 from order_recovery.domain.outcome import outcome_json
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.rules import decide
-from order_recovery.faults import Fenced
+from order_recovery.faults import Fenced, WriteConflict
 from order_recovery.intake import check_event_time, check_size
 from order_recovery.records import DeadLetter, SourceRecord
 
@@ -84,6 +84,9 @@ RULE_ERROR = "rule_error"
 #: again (an exact duplicate in the feed) does not resend them before their background mark lands;
 #: a handful of batches is seconds of marks.
 PUBLISHED_HERE_KEPT = 16
+#: A batch decided again this many times in a row on fresh reads, and still refused, is logged as
+#: an error: each refusal means another worker committed first, which cannot go on for long.
+CONFLICTS_WORTH_A_WORD = 10
 DEAD_LETTER_REASONS = tuple(
     cls.error_class
     for cls in (
@@ -136,6 +139,8 @@ class _Batch:
     written: Future[str | None] | None = None
     # True once the batch was written exactly as decided (what a successor may build on).
     as_decided: bool = False
+    # Writes refused as stale in a row (each after a fresh read).
+    conflicts: int = 0
 
     def forget_decisions(self) -> None:
         """Before deciding again: only the decode's verdicts stand."""
@@ -413,6 +418,18 @@ class Pipeline:
             except Fenced as fenced:
                 self._lose(batch, fenced.partitions)
                 continue
+            except WriteConflict:
+                batch.conflicts += 1
+                if batch.conflicts % CONFLICTS_WORTH_A_WORD == 0:
+                    # Each conflict is another worker's commit; a batch that keeps losing on
+                    # fresh reads has claims its own read cannot satisfy: a bug in the limits.
+                    log.error(
+                        "batch of %d records refused %d times in a row on fresh reads; claims %s",
+                        len(batch.records),
+                        batch.conflicts,
+                        batch.claims,
+                    )
+                raise
             self._retry.call(lambda: self._publish(batch), "publish")
             return outbox_batch
 

@@ -22,6 +22,8 @@ from tests.unit.domain.factories import (
     H,
     M,
     decode,
+    event_docs,
+    histories,
     logistics_exception,
     payment_timeout,
     run,
@@ -132,3 +134,22 @@ def test_a_decision_final_before_the_risk_controls_relies_on_no_attempt_bound() 
     ):
         assert uses(doc, history) == [LimitUse(ATTEMPTS, doc["order_id"], 1, None)]
     assert uses(revoked) == [LimitUse(ATTEMPTS, revoked["order_id"], 1, 4)]  # decided on the count
+
+
+@given(event_docs, histories)
+def test_a_decision_on_the_true_count_never_relies_on_more_than_it_allows(
+    doc: dict, history: OrderHistory
+) -> None:
+    """After a conflict the batch is decided again on a fresh read: its claims must then hold,
+    or the write is refused for ever and the partition stops. So every bound a decision states
+    must hold on the very history it was decided on."""
+    event = decode(doc)
+    counters = {
+        REFUNDS: history.buyer_refunds_today,
+        ATTEMPTS: history.payment_attempts,
+        REVOKED: int(history.recovery_right_revoked),
+    }
+    decision = run(doc, history)
+    for use in limit_uses(event, decision, POLICIES[event.envelope.platform]):
+        if use.bound is not None:
+            assert counters[use.kind] + use.delta <= use.bound, (use, decision.rule_ids)
