@@ -11,15 +11,23 @@ export LOCAL_KAFKA_PORT ?= 19092
 export LOCAL_PG_PORT ?= 55432
 export LOCAL_PROMETHEUS_PORT ?= 19090
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
-export DATABASE_URL ?= postgresql://recovery@127.0.0.1:$(LOCAL_PG_PORT)/order_recovery
+# One DSN per database role (README, Configuration); the passwords are the local stack's, local-only.
+PG_AT := 127.0.0.1:$(LOCAL_PG_PORT)
+export DATABASE_URL ?= postgresql://recovery_worker:worker-local-only@$(PG_AT)/order_recovery
+export DATABASE_OWNER_URL ?= postgresql://recovery_owner:owner-local-only@$(PG_AT)/order_recovery
+export DATABASE_READER_URL ?= postgresql://recovery_reports:reports-local-only@$(PG_AT)/order_recovery
+export DATABASE_OPERATOR_URL ?= postgresql://recovery_operator:operator-local-only@$(PG_AT)/order_recovery
+# The cluster's superuser: only the tests and the bench use it, to make scratch databases.
+export DATABASE_ADMIN_URL ?= postgresql://postgres:admin-local-only@$(PG_AT)/postgres
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test lint bench chaos clean dashboard-png
+.PHONY: help venv up down status run test fuzz lint bench chaos clean dashboard-png
 
 help:
-	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate, run the worker (Ctrl-C stops it)"
+	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate (owner role), run the worker (worker role; Ctrl-C stops it)"
 	@echo "make test    start what the tests need, run pytest, stop what it started"
 	@echo "make up | down | status   the local services only"
+	@echo "make fuzz    hypothesis over bad input, many more examples than make test (FUZZ_EXAMPLES)"
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
 	@echo "make chaos   fault campaign: kills, pauses, crashes and rebalances under a feed (minutes)"
@@ -62,6 +70,15 @@ test: venv
 	@started=$$(mktemp); \
 	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
 	$(STACK) up --record "$$started" && $(BIN)/pytest $(PYTEST_ARGS)
+
+# The fuzz tests (marker `fuzz`: the decoder over raw bytes and near-valid documents, the pipeline
+# with the real Kafka and Postgres) under the hypothesis profile `fuzz`: FUZZ_EXAMPLES examples per
+# test (default 2000: about half a minute here) instead of the few hundred `make test` runs.
+fuzz: venv
+	@started=$$(mktemp); \
+	trap '$(STACK) down --from "$$started"; rm -f "$$started"' EXIT; \
+	$(STACK) up --record "$$started" kafka postgres && \
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -m fuzz $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check services tests bench deploy

@@ -18,7 +18,8 @@ quote the ratios, not a lone absolute figure.
 Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20),
 BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured once each besides half the maximum),
 BENCH_WORKER_ERR (a file for the workers' stderr, for diagnosis; discarded by default), plus
-the usual KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL (the local stack by default).
+the usual KAFKA_BOOTSTRAP_SERVERS and DATABASE_*_URL (the local stack by default): the worker runs
+as its own role in scratch databases that the superuser of DATABASE_ADMIN_URL makes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,15 @@ from typing import Any
 import orjson
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
-from psycopg.conninfo import make_conninfo
-
-from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
-from order_recovery.adapters.postgres.migrations import migrate
-from order_recovery.config import Settings
-from order_recovery.domain.sample import sample_events
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from order_recovery.config import Settings  # noqa: E402
+from order_recovery.domain.sample import sample_events  # noqa: E402
+from tests.support.databases import admin_url, scratch_database  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 6
 
@@ -65,32 +67,6 @@ def fresh_settings(base: Settings, tag: str) -> Settings:
         consumer_group=f"bench{tag}",
         topic_partitions=PARTITIONS,
     )
-
-
-def fresh_database(admin_url: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(admin_url, dbname=name)
-    migrate(dsn)
-    return dsn
-
-
-def drop_database(admin_url: str, dsn: str) -> None:
-    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A fresh migrated database, dropped however the measurement ends: a failed or interrupted
-    run left 200,000-decision databases behind, and autovacuum kept visiting them."""
-    dsn = fresh_database(admin_url)
-    try:
-        yield dsn
-    finally:
-        drop_database(admin_url, dsn)
 
 
 def preload(settings: Settings, events: list[dict[str, Any]]) -> None:
@@ -418,7 +394,7 @@ def worker_rate(
 
 
 def latency(
-    base: Settings, admin_url: str, runtime: str, rate: float, seconds: float
+    base: Settings, admin: str, runtime: str, rate: float, seconds: float
 ) -> tuple[float, float]:
     """p50/p99 ms from the producer's timestamp to the commit of the decision's transaction
     (Postgres's commit timestamp of the row), at a fixed offered load, in steady state: the clock
@@ -427,8 +403,8 @@ def latency(
     settings = fresh_settings(base, f"lat{uuid.uuid4().hex[:6]}")
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
     try:
-        with scratch_database(admin_url) as dsn:
-            return _latency(settings, dsn, runtime, rate, seconds)
+        with scratch_database(admin, base, "bench") as database:
+            return _latency(settings, database.database_url, runtime, rate, seconds)
     finally:
         delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
 
@@ -546,7 +522,7 @@ def main() -> int:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     latency_s = float(os.environ.get("BENCH_LATENCY_S", "20"))
     base = Settings.from_env()
-    admin_url = base.database_url
+    admin = admin_url()
     tag = uuid.uuid4().hex[:6]
     settings = fresh_settings(base, tag)
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
@@ -576,23 +552,24 @@ def main() -> int:
         for rep in range(1, repeat + 1):
             log(f"repetition {rep}/{repeat}")
             samples["floor_a_rps"].append(floor_a(settings, total))
-            with scratch_database(admin_url) as dsn:
-                samples["floor_b_rps"].append(floor_b(settings, total, dsn))
+            with scratch_database(admin, base, "bench") as database:
+                # The floor's own table: the owner creates it.
+                samples["floor_b_rps"].append(floor_b(settings, total, database.database_owner_url))
             samples["floor_c_rps"].append(floor_c(settings, total))
             for runtime in ("confluent", "faust"):
                 group = replace(
                     settings, consumer_group=f"{settings.consumer_group}-{runtime}{rep}"
                 )
-                with scratch_database(admin_url) as dsn:
-                    figures = worker_rate(group, dsn, runtime, decisions)
+                with scratch_database(admin, base, "bench") as database:
+                    figures = worker_rate(group, database.database_url, runtime, decisions)
                 samples[f"worker_{runtime}_rps"].append(figures.rate)
                 samples["worker_peak_rss_mb"].append(figures.peak_rss_mb)
                 samples[f"worker_{runtime}_cpu_us_per_event"].append(figures.worker_cpu_us)
                 samples[f"worker_{runtime}_other_cpu_us_per_event"].append(figures.other_cpu_us)
                 samples[f"worker_{runtime}_machine_busy_pct"].append(figures.machine_busy_pct)
             group = replace(settings, consumer_group=f"{settings.consumer_group}-two{rep}")
-            with scratch_database(admin_url) as dsn:
-                two = worker_rate(group, dsn, "confluent", decisions, processes=2)
+            with scratch_database(admin, base, "bench") as database:
+                two = worker_rate(group, database.database_url, "confluent", decisions, processes=2)
             samples["two_workers_rps"].append(two.rate)
             samples["worker_peak_rss_mb"].append(two.peak_rss_mb)
             log("  " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in samples.items() if v))
@@ -612,10 +589,10 @@ def main() -> int:
     ]:
         log(f"latency at a fixed {rate:.0f} events/s")
         extra[f"latency_at_{rate:.0f}_rps_ms"] = [
-            round(v, 1) for v in latency(base, admin_url, best_runtime, rate, latency_s)
+            round(v, 1) for v in latency(base, admin, best_runtime, rate, latency_s)
         ]
     p50s, p99s = zip(
-        *(latency(base, admin_url, best_runtime, best / 2, latency_s) for _ in range(repeat)),
+        *(latency(base, admin, best_runtime, best / 2, latency_s) for _ in range(repeat)),
         strict=True,
     )
     result = {

@@ -17,8 +17,18 @@ KAFKA_PORT=${LOCAL_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${LOCAL_KAFKA_CONTROLLER_PORT:-19093}
 KAFKA_HEAP=${LOCAL_KAFKA_HEAP:-512m}
 PG_PORT=${LOCAL_PG_PORT:-55432}
-PG_USER=${LOCAL_PG_USER:-recovery}
 PG_DB=${LOCAL_PG_DB:-order_recovery}
+# The cluster's superuser: the stack's own set-up and the tests' scratch databases, never the
+# service. The service's roles are made by deploy/postgres/roles.sql with these local-only
+# passwords, the same as the defaults of the DSNs in services/order_recovery/config.py.
+PG_SUPERUSER=${LOCAL_PG_SUPERUSER:-postgres}
+PG_SUPERUSER_PASSWORD=${LOCAL_PG_SUPERUSER_PASSWORD:-admin-local-only}
+export RECOVERY_OWNER_PASSWORD=${RECOVERY_OWNER_PASSWORD:-owner-local-only}
+export RECOVERY_WORKER_PASSWORD=${RECOVERY_WORKER_PASSWORD:-worker-local-only}
+export RECOVERY_REPORTS_PASSWORD=${RECOVERY_REPORTS_PASSWORD:-reports-local-only}
+export RECOVERY_OPERATOR_PASSWORD=${RECOVERY_OPERATOR_PASSWORD:-operator-local-only}
+# Clusters made before the roles trusted every local connection and had this one superuser.
+PG_LEGACY_USER=${LOCAL_PG_USER:-recovery}
 READY_TIMEOUT=${LOCAL_READY_TIMEOUT:-90}
 PROM_PORT=${LOCAL_PROMETHEUS_PORT:-19090}
 WORKER_METRICS_PORT=${ORDER_RECOVERY_METRICS_PORT:-9464}
@@ -194,9 +204,51 @@ pg_grant_traverse() {
 
 pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
 
+# psql as the stack's superuser, over TCP with its password.
+pg_psql() {
+  PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 \
+    -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"
+}
+
+# A cluster made before the database roles: its pg_hba.conf trusts local connections.
+pg_is_legacy() { grep -Eq '^[[:space:]]*[^#].*[[:space:]]trust([[:space:]]|$)' "$PG_DATA/pg_hba.conf"; }
+
+pg_install_hba() {
+  cp "$ROOT/deploy/local/postgres/pg_hba.conf" "$PG_DATA/pg_hba.conf"
+  [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$PG_DATA/pg_hba.conf"
+}
+
+# Upgrades a running legacy cluster in place, its data kept: while it still trusts us, give the
+# stack's superuser a password, then require a password of everyone (the old superuser has none,
+# so it can no longer log in) and reload.
+pg_upgrade_auth() {
+  say "stack: this Postgres cluster trusts every local connection (made before the database roles); upgrading it to password (SCRAM) auth, data kept"
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_LEGACY_USER" \
+    -d postgres -v su="$PG_SUPERUSER" -v pw="$PG_SUPERUSER_PASSWORD" >>"$LOGS/roles.log" 2>&1 <<'SQL' \
+    || die "could not upgrade the cluster as its old superuser '$PG_LEGACY_USER' (see $LOGS/roles.log): set LOCAL_PG_USER to the superuser it was made with, or start afresh with 'make clean' (drops the local data)"
+SELECT format('CREATE ROLE %I', :'su')
+WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'su') \gexec
+ALTER ROLE :"su" SUPERUSER LOGIN PASSWORD :'pw';
+SQL
+  pg_install_hba
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" reload >>"$LOGS/pg_ctl.log" 2>&1 \
+    || die "reloading postgres failed; see $LOGS/pg_ctl.log"
+}
+
+# The service's database and roles (deploy/postgres/roles.sql), on every start: idempotent.
+pg_bootstrap() {
+  if [ -z "$(pg_psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" 2>>"$LOGS/roles.log")" ]; then
+    pg_psql -d postgres -c "CREATE DATABASE \"$PG_DB\"" >>"$LOGS/roles.log" 2>&1 \
+      || { tail -n 5 "$LOGS/roles.log" >&2; die "could not create database $PG_DB as '$PG_SUPERUSER'; see $LOGS/roles.log"; }
+  fi
+  pg_psql -d "$PG_DB" -f "$ROOT/deploy/postgres/roles.sql" >>"$LOGS/roles.log" 2>&1 \
+    || { tail -n 5 "$LOGS/roles.log" >&2; die "creating the database roles failed; see $LOGS/roles.log"; }
+}
+
 pg_up() {
   PG_BIN=$(pg_bindir); PG_OS_USER=$(pg_os_user)
   if [ -f "$PG_DATA/postmaster.pid" ] && pid_alive "$(read_pid "$PG_DATA/postmaster.pid")"; then
+    if pg_is_legacy; then pg_upgrade_auth; pg_bootstrap; fi
     say "stack: postgres already up"; return 0
   fi
   if port_open "$PG_PORT"; then
@@ -206,8 +258,13 @@ pg_up() {
   [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$PG_DATA" "$PG_SOCK" && chmod 700 "$PG_DATA"
   pg_grant_traverse
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_USER" --auth=trust -E UTF8 --no-locale \
-      >"$LOGS/initdb.log" 2>&1 || die "initdb failed; see $LOGS/initdb.log"
+    local pwfile=$LOCAL/pg-superuser.pw
+    (umask 077 && printf '%s\n' "$PG_SUPERUSER_PASSWORD" >"$pwfile")
+    [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$pwfile"
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U "$PG_SUPERUSER" --pwfile="$pwfile" \
+      --auth=scram-sha-256 -E UTF8 --no-locale >"$LOGS/initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; die "initdb failed; see $LOGS/initdb.log"; }
+    rm -f "$pwfile"
     cat >>"$PG_DATA/postgresql.conf" <<EOF
 # --- order-recovery local stack ---
 listen_addresses = '127.0.0.1'
@@ -225,16 +282,18 @@ EOF
   [ "$(id -u)" = 0 ] && chown "$PG_OS_USER" "$PG_DATA/order-recovery.conf"
   grep -q "^include_if_exists = 'order-recovery.conf'" "$PG_DATA/postgresql.conf" \
     || echo "include_if_exists = 'order-recovery.conf'" >>"$PG_DATA/postgresql.conf"
+  # Client authentication (deploy/local/postgres/pg_hba.conf), fresh on every start too; a legacy
+  # cluster keeps its own until pg_upgrade_auth has given the superuser a password.
+  local legacy=0
+  if pg_is_legacy; then legacy=1; else pg_install_hba; fi
   rm -f "$PG_DATA/postmaster.pid"
   touch "$LOGS/postgres.log" && { [ "$(id -u)" != 0 ] || chown "$PG_OS_USER" "$LOGS/postgres.log"; }
   setsid bash -c "$(declare -f as_pg); PG_OS_USER=$PG_OS_USER; as_pg '$PG_BIN/pg_ctl' -D '$PG_DATA' -l '$LOGS/postgres.log' -w -t '$READY_TIMEOUT' start" \
     >"$LOGS/pg_ctl.log" 2>&1 </dev/null \
     || { tail -n 20 "$LOGS/postgres.log" >&2; die "postgres did not start; see $LOGS/postgres.log"; }
   wait_for postgres "$LOGS/postgres.log" "$PG_DATA/postmaster.pid" pg_ready
-  if [ -z "$("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
-        "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" ]; then
-    "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
-  fi
+  [ $legacy = 0 ] || pg_upgrade_auth
+  pg_bootstrap
   STARTED=1
   say "stack: postgres up on 127.0.0.1:$PG_PORT (pid $(read_pid "$PG_DATA/postmaster.pid"), log $LOGS/postgres.log)"
 }

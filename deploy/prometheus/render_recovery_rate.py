@@ -2,7 +2,7 @@
 events, drawn from a real Prometheus's query_range API (`make dashboard-png`).
 
 It runs the real worker (confluent runtime) on its own topics and database against the local
-Kafka and Postgres (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL: the Makefile sets them), a Prometheus
+Kafka and Postgres (KAFKA_BOOTSTRAP_SERVERS, DATABASE_*_URL: the Makefile sets them), a Prometheus
 scraping it every second with deploy/prometheus/rules, feeds the known mix of
 tests/support/known_mix.py in chunks, then plots the recording rules
 event_type:order_recovery_recovered:ratio_rate5m and platform:order_recovery_recovered:ratio_rate5m
@@ -28,13 +28,11 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import psycopg  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
-from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics  # noqa: E402
-from order_recovery.adapters.postgres.migrations import migrate  # noqa: E402
 from order_recovery.config import Settings  # noqa: E402
+from tests.support.databases import admin_url, scratch_database  # noqa: E402
 from tests.support.known_mix import recovery_rates  # noqa: E402
 from tests.support.observed_mix import ObservedMix, observed_known_mix  # noqa: E402
 
@@ -100,32 +98,22 @@ def main() -> int:
     args = parser.parse_args()
 
     base = Settings.from_env(os.environ)
-    admin = base.database_url
-    db = f"orpng_{uuid.uuid4().hex[:10]}"
     prefix = f"png{uuid.uuid4().hex[:8]}."
-    settings = replace(
-        base,
-        database_url=make_conninfo(admin, dbname=db),
-        topic_prefix=prefix,
-        topic_partitions=3,
-        consumer_group=f"{prefix}group",
-    )
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    try:
-        migrate(settings.database_url)
+    with scratch_database(admin_url(), base, "orpng") as database:
+        settings = replace(
+            database, topic_prefix=prefix, topic_partitions=3, consumer_group=f"{prefix}group"
+        )
         ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, 3, 1)
-        with (
-            tempfile.TemporaryDirectory(prefix="recovery-rate-png-") as tmp,
-            observed_known_mix(
-                settings, Path(tmp), args.count, args.seed, args.chunks, args.pause
-            ) as mix,
-        ):
-            render(mix, args.out)
-    finally:
-        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix="recovery-rate-png-") as tmp,
+                observed_known_mix(
+                    settings, Path(tmp), args.count, args.seed, args.chunks, args.pause
+                ) as mix,
+            ):
+                render(mix, args.out)
+        finally:
+            delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
     return 0
 
 

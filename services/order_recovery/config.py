@@ -6,12 +6,36 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from psycopg.conninfo import make_conninfo
+
 EXCEPTION_TYPES: tuple[str, ...] = ("payment-timeout", "shipping-delay", "logistics-exception")
+#: Half the broker's default message.max.bytes (1 MiB): a record under it always fits in its dead
+#: letter whole (value plus a few KiB of headers) on a topic with the broker's defaults, while a
+#: real event is about 1 KiB (only a contrived valid one, twenty 2048-character evidence URIs
+#: written as escaped surrogate pairs, comes near 500 KiB).
+DEFAULT_MAX_RECORD_BYTES = 512 * 1024
+#: How far occurred_at may run ahead of the record's broker timestamp. NTP keeps clocks within
+#: milliseconds; a minute tolerates a badly synced producer while moving no rule limit by more
+#: than a fifteenth of the shortest one (15 min), and no refund onto the next day's cap unless the
+#: event was within a minute of midnight.
+DEFAULT_MAX_EVENT_SKEW_S = 60.0
 OUTCOME_TOPIC_SUFFIX = "recovery-outcome"
 DLQ_SUFFIX = ".dlq"
+
+
+#: One DSN per database role (deploy/postgres/roles.sql), each used by what needs that role: the
+#: worker's is DATABASE_URL, the one every deployment sets. The defaults reach the local stack with
+#: its local-only passwords.
+_LOCAL_PG = "127.0.0.1:55432/order_recovery"
+DATABASE_URLS: dict[str, str] = {
+    "DATABASE_URL": "database_url",  # recovery_worker: the pipeline
+    "DATABASE_OWNER_URL": "database_owner_url",  # recovery_owner: migrations
+    "DATABASE_READER_URL": "database_reader_url",  # recovery_reports: recoveryctl's reports
+    "DATABASE_OPERATOR_URL": "database_operator_url",  # recovery_operator: operators' writes
+}
 
 
 class ConfigError(ValueError):
@@ -54,7 +78,10 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
 @dataclass(frozen=True, slots=True)
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:19092"
-    database_url: str = "postgresql://recovery@127.0.0.1:55432/order_recovery"
+    database_url: str = f"postgresql://recovery_worker:worker-local-only@{_LOCAL_PG}"
+    database_owner_url: str = f"postgresql://recovery_owner:owner-local-only@{_LOCAL_PG}"
+    database_reader_url: str = f"postgresql://recovery_reports:reports-local-only@{_LOCAL_PG}"
+    database_operator_url: str = f"postgresql://recovery_operator:operator-local-only@{_LOCAL_PG}"
     topic_prefix: str = "orders."
     topic_partitions: int = 6
     topic_replication_factor: int = 1
@@ -71,6 +98,8 @@ class Settings:
     policy_dir: Path | None = None
     runtime: str = "confluent"  # the faster of the two in `make bench`; see README
     log_level: str = "INFO"
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,7 +109,10 @@ class Settings:
         return cls(
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS")
             or defaults.kafka_bootstrap_servers,
-            database_url=env.get("DATABASE_URL") or defaults.database_url,
+            **{
+                field_name: env.get(variable) or getattr(defaults, field_name)
+                for variable, field_name in DATABASE_URLS.items()
+            },
             topic_prefix=env.get("ORDER_RECOVERY_TOPIC_PREFIX", defaults.topic_prefix),
             topic_partitions=_int(env, "ORDER_RECOVERY_TOPIC_PARTITIONS", 6, minimum=1),
             topic_replication_factor=_int(env, "ORDER_RECOVERY_TOPIC_REPLICATION", 1, minimum=1),
@@ -97,6 +129,27 @@ class Settings:
             policy_dir=Path(policy_dir) if policy_dir else None,
             log_level=(env.get("ORDER_RECOVERY_LOG_LEVEL") or "INFO").upper(),
             runtime=_choice(env, "ORDER_RECOVERY_RUNTIME", "confluent", ("confluent", "faust")),
+            max_record_bytes=_int(
+                env, "ORDER_RECOVERY_MAX_RECORD_BYTES", DEFAULT_MAX_RECORD_BYTES, minimum=1024
+            ),
+            max_event_skew_s=_float(
+                env, "ORDER_RECOVERY_MAX_EVENT_SKEW_S", DEFAULT_MAX_EVENT_SKEW_S
+            ),
+        )
+
+    def database_env(self) -> dict[str, str]:
+        """Every role's DSN as the environment variables a child process reads."""
+        return {variable: getattr(self, name) for variable, name in DATABASE_URLS.items()}
+
+    def with_database(self, dbname: str, **conninfo: str) -> Settings:
+        """These settings with every role's DSN pointing at another database (the tests' and the
+        bench's scratch databases), and at another server if `conninfo` says so."""
+        return replace(
+            self,
+            **{
+                name: make_conninfo(getattr(self, name), dbname=dbname, **conninfo)
+                for name in DATABASE_URLS.values()
+            },
         )
 
     def source_topic(self, event_type: str) -> str:

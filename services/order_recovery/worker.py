@@ -7,7 +7,7 @@ import logging
 import threading
 
 from order_recovery.adapters.http_server import HealthServer
-from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
+from order_recovery.adapters.kafka_producer import KafkaPublisher
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import PostgresStore
@@ -90,6 +90,8 @@ class Worker:
 
     def _on_retry(self, cause: str) -> None:
         self.metrics.retries.labels(cause).inc()
+        if cause == "write_conflict":  # another worker's commit, not an outage
+            return
         self._healthy = False
         self._update_ready()
 
@@ -143,18 +145,10 @@ class Worker:
             store.close()
 
     def relay_once(self, store: PostgresStore) -> int:
-        """Publish what crashes left in the outbox; return how many outcomes were sent."""
-        batches = store.unpublished(RELAY_MIN_AGE_S, limit=RELAY_BATCHES)
-        sent = 0
-        for batch in batches:
-            topic = self.settings.outcome_topic
-            self.publisher.publish(
-                [OutgoingMessage(topic, key.encode(), payload) for key, payload in batch.messages]
-            )
-            store.mark_published([batch.batch_id])
-            sent += len(batch.messages)
+        """Publish what crashes left in the outbox; return how many outcomes were sent. One
+        worker's relay runs at a time (see `PostgresStore.relay_unpublished`)."""
+        sent = store.relay_unpublished(RELAY_MIN_AGE_S, RELAY_BATCHES, self.pipeline.publish_outbox)
         if sent:
-            self.metrics.outcomes_published.inc(sent)
             log.info("outbox relay published %d outcome(s) left behind", sent)
         self.metrics.outbox_backlog.set(store.outbox_backlog())
         return sent

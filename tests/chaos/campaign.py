@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from order_recovery.adapters.confluent_runtime import consumer_config
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
@@ -37,6 +36,7 @@ from tests.chaos.faults import (
 from tests.chaos.feed import POISON_KINDS, Feed, FeedProducer, build_feed
 from tests.chaos.monitor import GroupMonitor
 from tests.chaos.workers import Ports, WorkerPool
+from tests.support.databases import admin_url, create_database, drop_database
 
 log = logging.getLogger("chaos")
 
@@ -61,7 +61,8 @@ class Config:
     drain_timeout_s: float = 300.0
     keep: bool = False  # keep the database and topics of a clean run too
     out_dir: Path | None = None
-    base: Settings | None = None  # Kafka and Postgres to use (default: from the environment)
+    base: Settings | None = None  # Kafka and the roles' DSNs (default: from the environment)
+    admin_url: str | None = None  # the superuser that makes databases (default: as the tests)
 
 
 @dataclass
@@ -82,17 +83,16 @@ class Result:
 
 # ---------------------------------------------------------------------------- set-up
 def _scratch(config: Config) -> tuple[Settings, str]:
-    """Settings for a run of its own: a fresh migrated database and fresh topics."""
+    """Settings for a run of its own: a fresh database (made by the cluster's superuser, owned and
+    migrated by recovery_owner, used through every role's DSN) and fresh topics."""
     base = config.base or Settings.from_env()
     tag = uuid.uuid4().hex[:6]
     database = f"chaos_{config.runtime}_s{config.seed}_{tag}"
-    with psycopg.connect(base.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    dsn = make_conninfo(base.database_url, dbname=database)
-    migrate(dsn)
+    create_database(config.admin_url or admin_url(), database)
+    scratch = base.with_database(database)
+    migrate(scratch.database_owner_url)
     settings = replace(
-        base,
-        database_url=dsn,
+        scratch,
         topic_prefix=f"chaos-{tag}.",
         consumer_group=f"chaos-{tag}",
     )
@@ -105,10 +105,9 @@ def _scratch(config: Config) -> tuple[Settings, str]:
     return settings, database
 
 
-def _drop(settings: Settings, database: str, base: Settings | None) -> None:
+def _drop(settings: Settings, database: str, config: Config) -> None:
     delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
-    with psycopg.connect((base or Settings.from_env()).database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    drop_database(config.admin_url or admin_url(), database)
 
 
 def session_timeout_s(settings: Settings) -> float:
@@ -181,7 +180,7 @@ def run(config: Config) -> Result:
         settings.topic_prefix,
     )
     if findings.clean and not config.keep:
-        _drop(settings, database, config.base)
+        _drop(settings, database, config)
     return result
 
 
@@ -195,7 +194,7 @@ def _drain(settings: Settings, monitor: GroupMonitor, timeout_s: float) -> bool:
         return False
     while time.monotonic() < deadline:
         try:
-            with psycopg.connect(settings.database_url) as conn:
+            with psycopg.connect(settings.database_reader_url) as conn:
                 (left,) = conn.execute(
                     "SELECT count(*) FROM outbox_batches WHERE published_at IS NULL"
                 ).fetchone() or (0,)
@@ -268,7 +267,7 @@ def report(result: Result) -> str:
 def save(result: Result, text: str) -> None:
     (result.run_dir / "table.txt").write_text(text + "\n")
     data: dict[str, Any] = {
-        "config": {**asdict(result.config), "out_dir": None, "base": None},
+        "config": {**asdict(result.config), "out_dir": None, "base": None, "admin_url": None},
         "counts": result.findings.counts,
         "info": result.findings.info,
         "examples": result.findings.examples,

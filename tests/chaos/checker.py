@@ -36,6 +36,7 @@ from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.outcome import outcome_event_id
 from order_recovery.domain.policy import Policy, load_policies
 from order_recovery.domain.rules import decide
+from order_recovery.headers import DLQ_ERROR_CLASS, DLQ_ID, dead_letter_id
 from tests.chaos.feed import Feed
 from tests.support.kafka_io import read_topic
 from tests.support.reference import expected_decisions
@@ -55,7 +56,7 @@ CHECKS = (
     ("offsets_backwards", "committed offsets that went backwards (a zombie's commit)"),
     ("outcomes_out_of_order", "orders whose outcomes appeared out of order"),
     ("poison_missing", "poison records missing from the DLQ"),
-    ("poison_twice", "poison records dead-lettered twice"),
+    ("poison_twice", "poison records dead-lettered twice (two different letters)"),
     ("unexpected", "valid events dead-lettered, or poison decided"),
 )
 
@@ -79,6 +80,9 @@ class Stored:
     compensations: dict[str, tuple[str, int]]  # event id -> (kind, amount)
     refunds_by_buyer_day: Counter[tuple[str, date]]
     audit_rows: Counter[str]
+    #: Dead letters the broker refused even truncated, kept in Postgres instead (migration
+    #: 0009): (identity, error class).
+    kept_letters: tuple[tuple[str, str], ...] = ()
 
 
 _DECISIONS = """SELECT event_id::text, order_id, exception_type, buyer_id, platform, occurred_at,
@@ -109,8 +113,15 @@ def read_stored(dsn: str) -> Stored:
                 )
             }
         )
+        kept = tuple(
+            (dead_letter_id(topic, partition, offset), error_class)
+            for topic, partition, offset, error_class in conn.execute(
+                """SELECT source_topic, source_partition, source_offset, error_class
+                   FROM unsendable_dead_letters"""
+            )
+        )
     return Stored(
-        decisions, {k: tuple(v) for k, v in actions.items()}, compensations, refunds, audit
+        decisions, {k: tuple(v) for k, v in actions.items()}, compensations, refunds, audit, kept
     )
 
 
@@ -179,8 +190,8 @@ class Letter(NamedTuple):
 def dead_letter_identity(headers: Iterable[tuple[str, bytes | None]]) -> str:
     """`dlq.id` when the worker sets it, else the original topic/partition/offset headers."""
     found = {k: (v or b"").decode(errors="replace") for k, v in headers}
-    if "dlq.id" in found:
-        return found["dlq.id"]
+    if DLQ_ID in found:
+        return found[DLQ_ID]
     return "/".join(found.get(f"dlq.original.{h}", "?") for h in ("topic", "partition", "offset"))
 
 
@@ -195,7 +206,7 @@ def check(settings: Settings, feed: Feed, regressions: Iterable[str] = ()) -> Fi
     letters = [
         Letter(
             dead_letter_identity(m.headers() or ()),
-            dict(m.headers() or ()).get("dlq.error.class", b"?").decode(),
+            dict(m.headers() or ()).get(DLQ_ERROR_CLASS, b"?").decode(),
         )
         for topic in settings.source_topics
         for m in read_topic(bootstrap, settings.dlq_topic(topic), timeout_s=60)
@@ -205,9 +216,9 @@ def check(settings: Settings, feed: Feed, regressions: Iterable[str] = ()) -> Fi
         for r in feed.poison
     }
     events = [r.event for r in feed.valid if r.event is not None]
-    return evaluate(
-        read_stored(settings.database_url), outcomes, letters, events, poison, regressions
-    )
+    stored = read_stored(settings.database_reader_url)
+    letters += [Letter(identity, error_class) for identity, error_class in stored.kept_letters]
+    return evaluate(stored, outcomes, letters, events, poison, regressions)
 
 
 def evaluate(
@@ -360,16 +371,24 @@ def _check_outcomes(
 def _check_dead_letters(
     poison: dict[str, str], letters: list[Letter], found: dict[str, list[str]], info: dict[str, int]
 ) -> None:
-    by_identity = Counter(letter.identity for letter in letters)
+    """Each poison record has a dead letter; copies of one dead letter (one `dlq.id`: written
+    again by a worker that died before committing the record's offset) are resends, which
+    `recoveryctl dlq` counts and replays once. Dead-lettered twice: two different dead letters
+    for one record (it was judged twice, differently)."""
+    by_identity: dict[str, list[str]] = defaultdict(list)
+    for letter in letters:
+        by_identity[letter.identity].append(letter.error_class)
     classes = Counter(letter.error_class for letter in letters)
     info.update({f"dead letters: {c}": n for c, n in sorted(classes.items())})
+    info["dead-letter resends (same dlq.id, allowed)"] = len(letters) - len(by_identity)
     for identity, kind in sorted(poison.items()):
+        judged = by_identity.get(identity, [])
         if identity.endswith("/-1/-1"):
             found["poison_missing"].append(f"{kind}: never acknowledged by the broker")
-        elif by_identity[identity] == 0:
+        elif not judged:
             found["poison_missing"].append(f"{kind} at {identity}")
-        elif by_identity[identity] > 1:
-            found["poison_twice"].append(f"{kind} at {identity}: {by_identity[identity]} letters")
+        elif len(set(judged)) > 1:
+            found["poison_twice"].append(f"{kind} at {identity}: {sorted(set(judged))}")
     found["unexpected"] += [
         f"dead letter for {i} (not poison)" for i in sorted(by_identity) if i not in poison
     ]

@@ -18,13 +18,9 @@ OVERSIZED = 0
 
 
 def test_a_short_fault_campaign_comes_out_clean(
-    kafka_bootstrap: str, postgres_admin_url: str, tmp_path: Path
+    kafka_bootstrap: str, postgres_admin_url: str, server_settings: Settings, tmp_path: Path
 ) -> None:
-    base = replace(
-        Settings.from_env({}),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=postgres_admin_url,
-    )
+    base = replace(server_settings, kafka_bootstrap_servers=kafka_bootstrap)
     config = Config(
         seed=15,
         runtime="confluent",
@@ -34,6 +30,7 @@ def test_a_short_fault_campaign_comes_out_clean(
         drain_timeout_s=120,
         out_dir=tmp_path,
         base=base,
+        admin_url=postgres_admin_url,
     )
     result = run(config)
     text = report(result)

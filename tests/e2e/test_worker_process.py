@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,12 @@ import psycopg
 import pytest
 
 from order_recovery.config import Settings
+from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.worker import EXIT_FENCED
 from tests.chaos.feed import FeedProducer, plain_feed
 from tests.chaos.monitor import GroupMonitor
+from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
 from tests.support.kafka_io import (
     committed_offsets,
     produce_events,
@@ -35,6 +38,7 @@ from tests.support.kafka_io import (
 )
 from tests.support.reference import expected_decisions
 from tests.support.worker_process import WorkerProcess, alive
+from tests.unit.domain.factories import H, logistics_exception, shipping_delay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,13 +52,14 @@ def feed(count: int, seed: int) -> list[dict[str, Any]]:
     return events
 
 
-def db_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
+def db_rows(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    """What the test checks, read as the reports role (the worker may not read everything)."""
+    with psycopg.connect(settings.database_reader_url) as conn:
         return conn.execute(sql).fetchall()
 
 
-def decision_count(dsn: str) -> int:
-    return int(db_rows(dsn, "SELECT count(*) FROM decisions")[0][0])
+def decision_count(settings: Settings) -> int:
+    return int(db_rows(settings, "SELECT count(*) FROM decisions")[0][0])
 
 
 def published_outcomes(settings: Settings, want: set[str]) -> list[dict[str, Any]]:
@@ -80,7 +85,7 @@ def assert_exactly_once(
     and then only as the same outcome (same id, same bytes) that consumers dedupe on."""
     expected = expected_decisions(events)
     rows = db_rows(
-        settings.database_url,
+        settings,
         "SELECT event_id::text, outcome, rule_ids FROM decisions",
     )
     assert len(rows) == len(expected)
@@ -89,7 +94,7 @@ def assert_exactly_once(
         _, outcome, rule_ids = by_id[event_id]
         assert (outcome, tuple(rule_ids)) == (str(decision.outcome), decision.rule_ids), event_id
     comp = db_rows(
-        settings.database_url,
+        settings,
         "SELECT kind, count(*), sum(amount_fen) FROM compensations GROUP BY kind",
     )
     want: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -153,7 +158,7 @@ def test_mixed_feed_is_decided_exactly_once_and_measured(
     produce_events(settings, events[1000:2000], compression="zstd")
     produce_events(settings, events[2000:], compression="snappy")
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)
 
     expected = expected_decisions(events)
@@ -190,7 +195,7 @@ def test_redelivery_and_a_full_reconsume_change_nothing(
     worker = workers.start()
     produce_events(settings, events)
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 60, "decisions")
+    wait_until(lambda: decision_count(settings) == unique, 60, "decisions")
     produce_events(settings, events[:50])  # the same event ids again
     wait_until(
         lambda: worker.metric("order_recovery_events_consumed_total") == len(events) + 50,
@@ -198,7 +203,7 @@ def test_redelivery_and_a_full_reconsume_change_nothing(
         "redelivered events consumed",
     )
     worker.stop()
-    before = db_rows(settings.database_url, "SELECT count(*), sum(amount_fen) FROM compensations")
+    before = db_rows(settings, "SELECT count(*), sum(amount_fen) FROM compensations")
 
     # A new consumer group re-reads every topic from offset 0.
     again = workers.start(
@@ -211,11 +216,8 @@ def test_redelivery_and_a_full_reconsume_change_nothing(
         "full re-consume",
     )
     assert again.metric("order_recovery_events_decided_total") == 0
-    assert decision_count(settings.database_url) == unique
-    assert (
-        db_rows(settings.database_url, "SELECT count(*), sum(amount_fen) FROM compensations")
-        == before
-    )
+    assert decision_count(settings) == unique
+    assert db_rows(settings, "SELECT count(*), sum(amount_fen) FROM compensations") == before
     assert_exactly_once(settings, events)
 
 
@@ -235,7 +237,7 @@ def test_poison_is_dead_lettered_and_its_neighbours_decided(
     )
     produce_events(settings, events[100:])
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 60, "decisions")
+    wait_until(lambda: decision_count(settings) == unique, 60, "decisions")
     assert_exactly_once(settings, events)
     letters = [
         m
@@ -265,7 +267,7 @@ def test_records_of_an_aborted_transaction_are_never_decided(
     want = {e["event_id"] for e in committed}
 
     def decided() -> set[str]:
-        rows = db_rows(settings.database_url, "SELECT event_id::text FROM decisions")
+        rows = db_rows(settings, "SELECT event_id::text FROM decisions")
         return {r[0] for r in rows}
 
     # The aborted records come first in every partition: once the committed ones are decided,
@@ -293,7 +295,7 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
     events = feed(1500, seed=21)
     worker = workers.start()
     produce_events(settings, events[:500])
-    wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
+    wait_until(lambda: decision_count(settings) > 0, 60, "first decisions")
     with postgres_down():
         produce_events(settings, events[500:])
         time.sleep(10)
@@ -301,7 +303,7 @@ def test_postgres_outage_loses_nothing_and_dead_letters_nothing(
         assert worker.metric("order_recovery_retries_total") > 0
         assert worker.metric("order_recovery_consumer_lag") > 0, "a stall must show as lag"
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)
     assert worker.metric("order_recovery_dead_lettered_total") == 0
     assert worker.metric("order_recovery_retries_total", cause="pg_unavailable") > 0
@@ -315,7 +317,7 @@ def test_sigkill_mid_feed_then_restart_decides_everything_once(
     unique = len({e["event_id"] for e in events})
     worker = workers.start(ORDER_RECOVERY_BATCH_SIZE="50")
     produce_events(settings, events)
-    wait_until(lambda: decision_count(settings.database_url) > 300, 60, "some decisions")
+    wait_until(lambda: decision_count(settings) > 300, 60, "some decisions")
     helpers = worker.children()
     assert helpers or worker.runtime == "confluent", "the faust runtime runs its pipeline apart"
     worker.signal(signal.SIGKILL)
@@ -323,10 +325,10 @@ def test_sigkill_mid_feed_then_restart_decides_everything_once(
     # A process the worker started (faust's pipeline) must not outlive it: it would go on
     # holding the metrics port and a batch nobody will acknowledge.
     wait_until(lambda: not any(map(alive, helpers)), 10, "the killed worker's processes to end")
-    at_kill = decision_count(settings.database_url)
+    at_kill = decision_count(settings)
     assert at_kill < unique, "the kill came too late to interrupt anything"
     workers.start(name="worker-restarted")
-    wait_until(lambda: decision_count(settings.database_url) == unique, 180, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 180, "all decisions")
     assert_exactly_once(settings, events, resent_after_kill=True)
 
 
@@ -345,7 +347,7 @@ def test_a_static_member_restarted_at_once_takes_its_partitions_back_without_wai
     ).start()
     producer = FeedProducer(settings, plain_feed(events), rate=100).start()
     try:
-        wait_until(lambda: decision_count(settings.database_url) > 300, 60, "steady state")
+        wait_until(lambda: decision_count(settings) > 300, 60, "steady state")
         killed_at = time.monotonic()
         victim = workers.started[1]
         victim.signal(signal.SIGKILL)
@@ -359,7 +361,7 @@ def test_a_static_member_restarted_at_once_takes_its_partitions_back_without_wai
         producer.join(60)
         monitor.stop()
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events, resent_after_kill=True)
     assert caught_up < 8, f"{caught_up:.1f} s to catch up after a kill and an immediate restart"
 
@@ -376,12 +378,12 @@ def test_a_member_fenced_by_its_own_instance_id_exits_for_a_restart(
     events = feed(600, seed=12)
     first = workers.start("first", ORDER_RECOVERY_GROUP_INSTANCE_ID="replica-0")
     produce_events(settings, events[:300])
-    wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
+    wait_until(lambda: decision_count(settings) > 0, 60, "first decisions")
     second = workers.start("second", ORDER_RECOVERY_GROUP_INSTANCE_ID="replica-0")
     assert first.wait_exit(60) == EXIT_FENCED, first.log()[-3000:]
     produce_events(settings, events[300:])
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events, resent_after_kill=True)
     assert second.metric("order_recovery_ready") == 1
 
@@ -395,11 +397,61 @@ def test_two_workers_split_partitions_and_decide_each_event_once(
     time.sleep(3)  # let the group settle with both members
     produce_events(settings, events)
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)
     consumed = [w.metric("order_recovery_events_consumed_total") for w in (first, second)]
     assert all(n > 0 for n in consumed), f"partitions not split: {consumed}"
     assert sum(consumed) == len(events)
+
+
+def refunds_on_two_topics(buyers: int) -> list[dict[str, Any]]:
+    """Each buyer gets 4 fresh-goods shipping delays and 4 pinduoduo logistics exceptions
+    (refund first) on 8 orders the same day: 8 refunds due, on 6 partitions of two topics."""
+    fresh = shipping_delay("douyin", category="fresh", paid_ago=3 * H)
+    lost = logistics_exception("pinduoduo")
+    events = []
+    for b in range(buyers):
+        for i, doc in enumerate([fresh] * 4 + [lost] * 4):
+            n = f"{b}-{i}"
+            events.append(
+                {
+                    **doc,
+                    "event_id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"two-topic-refunds/{n}")),
+                    "order_id": f"ord-refund-{n}",
+                    "buyer_id": f"buyer-{b}",
+                }
+            )
+    return events
+
+
+def test_two_workers_hold_a_buyers_refunds_to_the_cap_across_topics(
+    settings: Settings, workers: Workers
+) -> None:
+    """Both workers decide one buyer's refunds at once in steady state (events are keyed by
+    order): each must see the other's, so every buyer gets exactly the cap, no more."""
+    events = refunds_on_two_topics(40)
+    first = workers.start(name="w1")
+    second = workers.start(name="w2")
+    time.sleep(3)  # let the group settle with both members
+    produce_events(settings, events)
+    wait_until(lambda: decision_count(settings) == len(events), 120, "all decisions")
+    cap = load_policies()["douyin"].risk.max_buyer_refunds_per_day
+    per_buyer = db_rows(
+        settings,
+        "SELECT buyer_id, count(*) FROM compensations WHERE kind = 'refund' GROUP BY buyer_id",
+    )
+    assert sorted(n for _, n in per_buyer) == [cap] * 40
+    outcomes = published_outcomes(settings, {e["event_id"] for e in events})
+    buyer_of = {e["event_id"]: e["buyer_id"] for e in events}
+    refunded = Counter(
+        buyer_of[o["source_event_id"]]
+        for o in outcomes
+        if o["decision"]["compensation"] is not None
+    )
+    assert sorted(refunded.values()) == [cap] * 40, "an outcome grants more than the cap"
+    assert_decided_like_the_rules_in_commit_order(settings.database_reader_url)
+    consumed = [w.metric("order_recovery_events_consumed_total") for w in (first, second)]
+    assert all(n > 0 for n in consumed), f"partitions not split: {consumed}"
 
 
 def test_sigterm_exits_within_10s_with_its_batch_committed(
@@ -408,12 +460,12 @@ def test_sigterm_exits_within_10s_with_its_batch_committed(
     events = list({e["event_id"]: e for e in feed(20000, seed=55)}.values())  # no duplicates
     worker = workers.start(ORDER_RECOVERY_BATCH_SIZE="50")
     produce_events(settings, events)
-    wait_until(lambda: decision_count(settings.database_url) > 200, 60, "some decisions")
+    wait_until(lambda: decision_count(settings) > 200, 60, "some decisions")
     started = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(10) == 0, worker.log()
     assert time.monotonic() - started < 10
-    decided = decision_count(settings.database_url)
+    decided = decision_count(settings)
     assert decided < len(events), "SIGTERM came too late to find a batch in hand"
     committed = committed_offsets(
         settings.kafka_bootstrap_servers, settings.consumer_group, settings.source_topics
@@ -422,7 +474,7 @@ def test_sigterm_exits_within_10s_with_its_batch_committed(
     assert sum(max(0, o) for o in committed.values()) == decided, worker.log()[-4000:]
     # ... and nothing decided is left uncommitted: a restart decides the rest, redoing nothing.
     restarted = workers.start(name="after-term")
-    wait_until(lambda: decision_count(settings.database_url) == len(events), 120, "the rest")
+    wait_until(lambda: decision_count(settings) == len(events), 120, "the rest")
     assert restarted.metric("order_recovery_duplicate_events_total") == 0
     assert_exactly_once(settings, events)
 
@@ -434,7 +486,7 @@ def test_a_bug_outside_any_event_stops_the_worker_without_skipping_the_batch(
     fault must neither be skipped on restart nor stop consumption silently."""
     events = list({e["event_id"]: e for e in feed(300, seed=66)}.values())
     victim = events[150]
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         conn.execute(
             "ALTER TABLE decisions ADD CONSTRAINT simulated_bug CHECK (order_id <> %s)".replace(
                 "%s", "'" + victim["order_id"] + "'"
@@ -444,13 +496,13 @@ def test_a_bug_outside_any_event_stops_the_worker_without_skipping_the_batch(
     produce_events(settings, events)
     assert worker.wait_exit(60) == 70, worker.log()
     assert not db_rows(
-        settings.database_url,
+        settings,
         f"SELECT 1 FROM decisions WHERE order_id = '{victim['order_id']}'",
     )
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE decisions DROP CONSTRAINT simulated_bug")
     workers.start(name="after-fix")
-    wait_until(lambda: decision_count(settings.database_url) == len(events), 60, "all decisions")
+    wait_until(lambda: decision_count(settings) == len(events), 60, "all decisions")
     assert_exactly_once(settings, events)
 
 
@@ -469,12 +521,12 @@ def test_an_outage_longer_than_the_poll_interval_keeps_the_group(
     events = feed(600, seed=77)
     worker = workers.start(ORDER_RECOVERY_MAX_POLL_INTERVAL_MS="10000")
     produce_events(settings, events[:100])
-    wait_until(lambda: decision_count(settings.database_url) > 0, 60, "first decisions")
+    wait_until(lambda: decision_count(settings) > 0, 60, "first decisions")
     with postgres_down():
         produce_events(settings, events[100:])
         time.sleep(16)
     unique = len({e["event_id"] for e in events})
-    wait_until(lambda: decision_count(settings.database_url) == unique, 120, "all decisions")
+    wait_until(lambda: decision_count(settings) == unique, 120, "all decisions")
     assert_exactly_once(settings, events)
     log = worker.log()
     assert "MAXPOLL" not in log and "maximum poll interval" not in log.lower(), log[-3000:]

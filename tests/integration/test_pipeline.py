@@ -2,47 +2,29 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from datetime import date, datetime
 
 import orjson
 import psycopg
 import pytest
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher
-from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
-from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
 from order_recovery.domain.contract import validate_outcome
-from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import Pipeline, SourceRecord
 from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
+from tests.support.pipeline_run import PRODUCED_MS
+from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
 
 
-def make_pipeline(settings: Settings, store: PostgresStore, **options: object) -> Pipeline:
-    return Pipeline(
-        settings,
-        load_policies(),
-        store,
-        KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-        WorkerMetrics(),
-        RetryPolicy(threading.Event()),
-        **options,  # type: ignore[arg-type]
-    )
-
-
 @pytest.fixture
-def pipeline(settings: Settings) -> Iterator[Pipeline]:
-    store = PostgresStore(settings.database_url)
-    yield make_pipeline(settings, store)
-    store.close()
+def pipeline(build: PipelineBuilder) -> Pipeline:
+    return build()
 
 
 def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> list[SourceRecord]:
@@ -53,22 +35,23 @@ def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> l
             start_offset + i,
             e["order_id"].encode(),
             orjson.dumps(e),
-            1_700_000_000_000,
+            PRODUCED_MS,
         )
         for i, e in enumerate(events)
     ]
 
 
-def _count(dsn: str, table: str) -> int:
-    with psycopg.connect(dsn) as conn:
+def _count(settings: Settings, table: str) -> int:
+    """Rows the test checks, read as the reports role (the worker may not read everything)."""
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
 
 
-def _outboxed(dsn: str) -> int:
+def _outboxed(settings: Settings) -> int:
     """Outcomes written to the outbox, whatever batches hold them."""
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute(
             "SELECT coalesce(sum(cardinality(event_ids)), 0) FROM outbox_batches"
         ).fetchone()
@@ -85,14 +68,14 @@ def test_a_batch_is_decided_persisted_and_published_once(
     assert result.decided == len(unique)
     assert result.duplicates == len(events) - len(unique)
     assert not result.dead_letters
-    assert _count(settings.database_url, "decisions") == len(unique)
-    assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
+    assert _count(settings, "decisions") == len(unique)
+    assert _count(settings, "outbox_batches WHERE published_at IS NULL") == 0
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(unique)
 
     again = pipeline.process(_records(settings, events, start_offset=1000))
     assert again.decided == 0 and again.duplicates == len(events)
-    assert _count(settings.database_url, "decisions") == len(unique)
+    assert _count(settings, "decisions") == len(unique)
     assert len(read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)) == len(unique)
 
 
@@ -139,49 +122,49 @@ def test_poison_goes_to_the_dead_letter_topic_with_headers(
 
 
 class StaleReadStore(PostgresStore):
-    """A second worker whose history read happened before the first worker's commit."""
+    """A second worker whose first history read happened before the first worker's commit."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        self.reads = 0
 
     def load_history(self, keys: HistoryKeys, pending: object = ()) -> StoredHistory:
-        return StoredHistory()
+        self.reads += 1
+        return StoredHistory() if self.reads == 1 else super().load_history(keys, pending)
 
 
-def test_a_batch_another_worker_already_wrote_falls_back_to_the_keyed_path(
-    settings: Settings, pipeline: Pipeline
+def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
+    settings: Settings, pipeline: Pipeline, build: PipelineBuilder
 ) -> None:
-    """Two workers can decide the same events during a rebalance; the late one's COPY fast path
-    hits the unique keys and its batch is redone on the keyed path, writing nothing twice."""
+    """Two workers can decide the same events during a rebalance; the late one's write hits the
+    unique keys, nothing of it lands, and its batch is decided again on a fresh read, which
+    finds the other worker's decisions: nothing is written twice."""
     events = list({e["event_id"]: e for e in sample_events(50, seed=12)}.values())
     assert pipeline.process(_records(settings, events[:30])).decided == 30
     store = StaleReadStore(settings.database_url)
-    late = make_pipeline(settings, store)
-    try:
-        result = late.process(_records(settings, events))
-    finally:
-        store.close()
+    result = build(store).process(_records(settings, events))
+    assert store.reads == 2  # the stale read, then the one after the conflict
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
     for table in ("decisions", "audit_log"):
-        assert _count(settings.database_url, table) == len(events), table
-    assert _outboxed(settings.database_url) == len(events)
+        assert _count(settings, table) == len(events), table
+    assert _outboxed(settings) == len(events)
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(events)
 
 
 def test_each_batch_leaves_the_stage_empty_and_writes_its_own_outbox_row(
-    settings: Settings,
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     """The stage is emptied by the commit itself (ON COMMIT DELETE ROWS): rows left over from
     one batch would send the next down the keyed path and into the wrong outbox row."""
     events = list({e["event_id"]: e for e in sample_events(60, seed=13)}.values())
     store = PostgresStore(settings.database_url)
-    pipeline = make_pipeline(settings, store)
-    try:
-        first = pipeline.process(_records(settings, events[:25]))
-        second = pipeline.process(_records(settings, events[25:], start_offset=25))
-        row = store._connection().execute("SELECT count(*) FROM decision_stage").fetchone()
-    finally:
-        store.close()
+    pipeline = build(store)
+    first = pipeline.process(_records(settings, events[:25]))
+    second = pipeline.process(_records(settings, events[25:], start_offset=25))
+    row = store._connection().execute("SELECT count(*) FROM decision_stage").fetchone()
     assert (first.decided, second.decided, row) == (25, len(events) - 25, (0,))
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         sizes = conn.execute(
             "SELECT cardinality(event_ids) FROM outbox_batches ORDER BY created_at"
         ).fetchall()
@@ -193,7 +176,7 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
 ) -> None:
     events = list({e["event_id"]: e for e in sample_events(20, seed=4)}.values())
     pipeline.process(_records(settings, events))
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_owner_url) as conn:
         # A crash after the Postgres commit, before the outcomes were marked published.
         (left,) = conn.execute(
             """UPDATE outbox_batches SET published_at = NULL,
@@ -219,20 +202,20 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
     assert {o["source_event_id"] for o in published} == set(left[0])
 
 
-def test_the_background_marker_marks_every_published_outcome(settings: Settings) -> None:
+def test_the_background_marker_marks_every_published_outcome(
+    settings: Settings, build: PipelineBuilder
+) -> None:
     marker = OutboxMarker(settings.database_url)
-    store = PostgresStore(settings.database_url)
-    pipeline = make_pipeline(settings, store, mark_published=marker.mark)
+    pipeline = build(mark_published=marker.mark)
     try:
         events = list({e["event_id"]: e for e in sample_events(300, seed=9)}.values())
         for start in range(0, len(events), 100):
             pipeline.process(_records(settings, events[start : start + 100], start))
         assert marker.flush(10)
-        assert _outboxed(settings.database_url) == len(events)
-        assert _count(settings.database_url, "outbox_batches WHERE published_at IS NULL") == 0
+        assert _outboxed(settings) == len(events)
+        assert _count(settings, "outbox_batches WHERE published_at IS NULL") == 0
     finally:
         marker.close()
-        store.close()
 
 
 def test_every_stored_column_says_what_the_rules_decided(
@@ -246,7 +229,7 @@ def test_every_stored_column_says_what_the_rules_decided(
         pipeline.process(_records(settings, events[start : start + 200], start))
     expected = expected_decisions(events)
     raw = {e["event_id"]: e for e in events}
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         decisions = conn.execute(
             """SELECT event_id::text, order_id, exception_type, platform, buyer_id, amount_fen,
                       occurred_at, outcome, rule_ids, risk_flags, reason, policy_version,
@@ -308,7 +291,7 @@ def test_the_history_read_takes_keys_the_joined_form_cannot_carry(settings: Sett
     """A looser schema directory could admit an id holding the list separator: the read must
     then still find exactly that key (the binary-array fallback)."""
     odd = "ord\x1fodd"
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(settings.database_owner_url, autocommit=True) as conn:
         conn.execute(
             """INSERT INTO recovery_cases (order_id, exception_type, platform, merchant_id,
                    buyer_id, status, opened_at, updated_at, last_event_id)

@@ -9,27 +9,24 @@ in flight would decide differently from the reference.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
-import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
-from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
-from order_recovery.adapters.retry import PublishFailed, RetryPolicy
+from order_recovery.adapters.retry import PublishFailed
 from order_recovery.config import Settings
-from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
 from order_recovery.stored_history import StoredHistory
 from tests.support.kafka_io import read_topic
+from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
 
 GROUP = 20  # orders per batch
@@ -74,12 +71,12 @@ class SlowWriter(PostgresStore):
         super().__init__(dsn)
         self.delay_s, self.fail_first, self.writes = delay_s, fail_first, 0
 
-    def save_decisions(self, rows: Sequence[DecisionRow]) -> list[str]:
+    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
         self.writes += 1
         time.sleep(self.delay_s)
         if self.writes <= self.fail_first:
             raise psycopg.OperationalError("simulated: connection lost before the write")
-        return super().save_decisions(rows)
+        return super().save_decisions(rows, *args)
 
 
 class LateReader(PostgresStore):
@@ -102,31 +99,9 @@ class FlakyPublisher(KafkaPublisher):
         super().publish(messages)
 
 
-@pytest.fixture
-def build(settings: Settings) -> Iterator[Callable[..., Pipeline]]:
-    opened: list[PostgresStore] = []
-
-    def make(
-        writer: PostgresStore | None = None,
-        reader: PostgresStore | None = None,
-        publisher: KafkaPublisher | None = None,
-    ) -> Pipeline:
-        writer = writer or PostgresStore(settings.database_url)
-        reader = reader or PostgresStore(settings.database_url)
-        opened.extend([writer, reader])
-        return Pipeline(
-            settings,
-            load_policies(),
-            writer,
-            publisher or KafkaPublisher(settings.kafka_bootstrap_servers, "test"),
-            WorkerMetrics(),
-            RetryPolicy(threading.Event(), initial_s=0.01),
-            reader=reader,
-        )
-
-    yield make
-    for store in opened:
-        store.close()
+def reader(settings: Settings) -> PostgresStore:
+    """The overlapped pipeline's second connection, for history reads beside a write."""
+    return PostgresStore(settings.database_url)
 
 
 def run_overlapped(pipeline: Pipeline, recs: list[SourceRecord]) -> list[BatchResult]:
@@ -140,7 +115,7 @@ def run_overlapped(pipeline: Pipeline, recs: list[SourceRecord]) -> list[BatchRe
 
 def assert_decided_like_the_reference(settings: Settings, events: list[dict[str, Any]]) -> None:
     expected = expected_decisions(events)
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         rows = conn.execute("SELECT event_id::text, outcome, rule_ids FROM decisions").fetchall()
         comp = conn.execute("SELECT event_id::text, kind, amount_fen FROM compensations").fetchall()
     assert {r[0]: (r[1], tuple(r[2])) for r in rows} == {
@@ -172,17 +147,17 @@ def test_the_feed_really_depends_on_the_batch_before() -> None:
 
 
 def test_the_next_batch_counts_the_one_in_flight_exactly_once(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = dependent_feed(6, seed=31)
-    pipeline = build(writer=SlowWriter(settings.database_url))
+    pipeline = build(SlowWriter(settings.database_url), reader=reader(settings))
     results = run_overlapped(pipeline, records(settings, events))
     assert_results_in_order(results, len(events) // GROUP, len(events))
     assert_decided_like_the_reference(settings, events)
 
 
 def test_a_batch_in_flight_that_committed_before_the_read_is_not_counted_twice(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = dependent_feed(4, seed=32)
     pipeline = build(reader=LateReader(settings.database_url))
@@ -191,11 +166,11 @@ def test_a_batch_in_flight_that_committed_before_the_read_is_not_counted_twice(
 
 
 def test_a_failed_write_is_redone_and_the_batch_after_it_decided_again(
-    settings: Settings, build: Callable[..., Pipeline]
+    settings: Settings, build: PipelineBuilder
 ) -> None:
     events = dependent_feed(4, seed=33)
     writer = SlowWriter(settings.database_url, fail_first=2)
-    pipeline = build(writer=writer)
+    pipeline = build(writer, reader=reader(settings))
     results = run_overlapped(pipeline, records(settings, events))
     assert writer.writes >= len(results) + 2
     assert_results_in_order(results, len(events) // GROUP, len(events))
@@ -206,13 +181,11 @@ def test_a_failed_write_is_redone_and_the_batch_after_it_decided_again(
     )
 
 
-def test_a_failed_publish_is_retried_alone(
-    settings: Settings, build: Callable[..., Pipeline]
-) -> None:
+def test_a_failed_publish_is_retried_alone(settings: Settings, build: PipelineBuilder) -> None:
     events = dependent_feed(3, seed=34)
     publisher = FlakyPublisher(settings.kafka_bootstrap_servers, fail_first=1)
     writer = SlowWriter(settings.database_url, delay_s=0.05)
-    pipeline = build(writer=writer, publisher=publisher)
+    pipeline = build(writer, reader=reader(settings), publisher=publisher)
     results = run_overlapped(pipeline, records(settings, events))
     assert writer.writes == len(results), "a failed publish must not redo the write"
     assert_decided_like_the_reference(settings, events)

@@ -81,9 +81,9 @@ def test_faust_agent_receives_from_the_real_broker(settings: Settings, tmp_path:
         worker.wait(timeout=30)
 
 
-def test_postgres_round_trip_after_migrations(database_url: str) -> None:
+def test_postgres_round_trip_after_migrations(owner_database_url: str) -> None:
     event_id = uuid.uuid4()
-    with psycopg.connect(database_url) as conn:
+    with psycopg.connect(owner_database_url) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
         assert versions and versions == sorted(versions)
         conn.execute(

@@ -24,7 +24,8 @@ def choose_backend(
         return "docker"
     raise ServicesUnavailable(
         f"{variable} is not set and no Docker engine answers. Run `make test`: it starts the "
-        "local Kafka and Postgres and sets KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL."
+        "local Kafka and Postgres and sets KAFKA_BOOTSTRAP_SERVERS and the DATABASE_*_URL "
+        "variables (DATABASE_ADMIN_URL, the superuser that makes the tests' databases, among them)."
     )
 
 

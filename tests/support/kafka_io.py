@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
+from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
 from order_recovery.config import Settings
+
+
+@contextmanager
+def own_topics(kafka_bootstrap: str, base: Settings) -> Iterator[Settings]:
+    """`base` with topics and a consumer group of its own: created here, deleted after."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    settings = replace(
+        base,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic_prefix=prefix,
+        topic_partitions=3,
+        consumer_group=f"{prefix}group",
+    )
+    ensure_topics(kafka_bootstrap, settings.all_topics, 3, 1)
+    try:
+        yield settings
+    finally:
+        delete_topics(kafka_bootstrap, settings.all_topics)
 
 
 def produce_events(
@@ -76,6 +105,31 @@ def produce_raw(
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     producer.produce(topic, key=key, value=value, headers=headers)
     assert producer.flush(10) == 0
+
+
+def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
+    """One topic setting (e.g. a DLQ topic's max.message.bytes below its source topic's)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)],
+    )
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+    # The broker applies it from the metadata log a moment later: wait until it says so.
+    wait_until(
+        lambda: (
+            admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])[
+                ConfigResource(ResourceType.TOPIC, topic)
+            ]
+            .result(timeout=10)[name]
+            .value
+            == value
+        ),
+        10,
+        f"{topic} {name}={value}",
+    )
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Message]:

@@ -12,11 +12,11 @@ def test_environment_wins_without_asking_docker() -> None:
     assert choose_backend("KAFKA_BOOTSTRAP_SERVERS", env, _docker_must_not_be_asked) == "env"
 
 
-@pytest.mark.parametrize("env", [{}, {"DATABASE_URL": ""}])
+@pytest.mark.parametrize("env", [{}, {"DATABASE_ADMIN_URL": ""}])
 def test_docker_when_the_variable_is_missing_or_empty(env: dict[str, str]) -> None:
-    assert choose_backend("DATABASE_URL", env, lambda: True) == "docker"
+    assert choose_backend("DATABASE_ADMIN_URL", env, lambda: True) == "docker"
 
 
 def test_clear_failure_when_neither_is_there() -> None:
-    with pytest.raises(ServicesUnavailable, match=r"DATABASE_URL is not set.*Run `make test`"):
-        choose_backend("DATABASE_URL", {}, lambda: False)
+    with pytest.raises(ServicesUnavailable, match=r"DATABASE_ADMIN_URL is not set.*`make test`"):
+        choose_backend("DATABASE_ADMIN_URL", {}, lambda: False)

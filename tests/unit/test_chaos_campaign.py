@@ -232,11 +232,17 @@ def test_outcomes_first_seen_out_of_source_order_count_and_resends_do_not(world:
     assert broken(world.evaluate(outcomes=outcomes)) == {"outcomes_missing": 1}
 
 
-def test_poison_missing_from_the_dlq_or_dead_lettered_twice_is_counted(world: World) -> None:
+def test_poison_missing_from_the_dlq_or_judged_twice_is_counted_and_a_copy_is_a_resend(
+    world: World,
+) -> None:
     assert set(world.poison.values()) == set(POISON_KINDS)
     letters = world.letters
     assert broken(world.evaluate(letters=letters[1:])) == {"poison_missing": 1}
-    assert broken(world.evaluate(letters=[*letters, letters[0]])) == {"poison_twice": 1}
+    resent = world.evaluate(letters=[*letters, letters[0]])  # a copy under the same dlq.id
+    assert broken(resent) == {}
+    assert resent.info["dead-letter resends (same dlq.id, allowed)"] == 1
+    judged_again = letters[0]._replace(error_class="rule_error")
+    assert broken(world.evaluate(letters=[*letters, judged_again])) == {"poison_twice": 1}
     valid = Letter("t.shipping-delay/0/0", "schema_violation")
     assert broken(world.evaluate(letters=[*letters, valid])) == {"unexpected": 1}
 

@@ -1,14 +1,15 @@
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
-from order_recovery.config import ConfigError, Settings
+from order_recovery.config import DATABASE_URLS, ConfigError, Settings
 
 
 def test_defaults_point_at_the_local_stack() -> None:
     settings = Settings.from_env({})
     assert settings.kafka_bootstrap_servers == "127.0.0.1:19092"
-    assert settings.database_url.startswith("postgresql://recovery@127.0.0.1:55432/")
+    assert settings.database_url.startswith("postgresql://recovery_worker:")
     assert settings.metrics_host == "127.0.0.1"
     assert settings.source_topics == (
         "orders.payment-timeout",
@@ -17,6 +18,35 @@ def test_defaults_point_at_the_local_stack() -> None:
     )
     assert "orders.payment-timeout.dlq" in settings.all_topics
     assert settings.outcome_topic == "orders.recovery-outcome"
+
+
+def test_each_role_has_its_own_dsn_on_the_local_stack() -> None:
+    urls = {
+        name: conninfo_to_dict(dsn) for name, dsn in Settings.from_env({}).database_env().items()
+    }
+    assert {name: url["user"] for name, url in urls.items()} == {
+        "DATABASE_URL": "recovery_worker",
+        "DATABASE_OWNER_URL": "recovery_owner",
+        "DATABASE_READER_URL": "recovery_reports",
+        "DATABASE_OPERATOR_URL": "recovery_operator",
+    }
+    assert {(u["host"], u["port"], u["dbname"]) for u in urls.values()} == {
+        ("127.0.0.1", "55432", "order_recovery")
+    }
+    assert len({u["password"] for u in urls.values()}) == 4
+
+
+def test_each_dsn_comes_from_its_own_variable() -> None:
+    env = {name: f"postgresql://{name.lower()}@db:5432/x" for name in DATABASE_URLS}
+    assert Settings.from_env(env).database_env() == env
+
+
+def test_with_database_points_every_role_at_it_and_keeps_the_role() -> None:
+    moved = Settings.from_env({}).with_database("scratch", port="6000")
+    for name, dsn in moved.database_env().items():
+        parts = conninfo_to_dict(dsn)
+        assert (parts["dbname"], parts["port"]) == ("scratch", "6000"), name
+        assert parts["user"] == conninfo_to_dict(Settings().database_env()[name])["user"]
 
 
 def test_environment_overrides() -> None:
@@ -40,6 +70,8 @@ def test_environment_overrides() -> None:
         ("ORDER_RECOVERY_BATCH_SIZE", "0"),
         ("ORDER_RECOVERY_METRICS_PORT", "x"),
         ("ORDER_RECOVERY_BATCH_TIMEOUT_S", "-1"),
+        ("ORDER_RECOVERY_MAX_RECORD_BYTES", "100"),
+        ("ORDER_RECOVERY_MAX_EVENT_SKEW_S", "0"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:

@@ -95,14 +95,18 @@ class ConfluentRuntime:
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= tps
+        self.worker.pipeline.assigned(tps)
         if self._paused and partitions:
             consumer.pause(partitions)
         self.worker.set_consuming(bool(self._assigned))
         log.info("assigned %s", sorted(self._assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= tps
+        self.worker.pipeline.revoked(tps)
         self.worker.set_consuming(bool(self._assigned))
         log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
 

@@ -34,11 +34,13 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from order_recovery.adapters.pipeline_process import (
+    Assigned,
     Consuming,
     Drain,
     Finished,
     Lag,
     PipelineProcess,
+    Revoked,
     Stopping,
 )
 from order_recovery.config import Settings
@@ -151,10 +153,14 @@ def run(settings: Settings) -> int:
     def on_finished(message: Finished) -> None:
         """On the loop: the oldest batch sent is written and published, so its events may be
         committed. Releasing our extra reference is the final ack (`take_events` has resumed
-        long since: the body returns as soon as the batch is sent)."""
+        long since: the body returns as soon as the batch is sent). Only the partitions the
+        pipeline finished: records of one it found taken over by another worker are left
+        unacknowledged, for their new owner."""
         consumer = app.consumer
+        finished = {(t, p) for t, p, _ in message.offsets}
         for event in handed.popleft():
-            event.message.ack(consumer)
+            if (event.message.topic, event.message.partition) in finished:
+                event.message.ack(consumer)
         processed.update(((t, p), o) for t, p, o in message.offsets)
         slots.release()
 
@@ -231,7 +237,12 @@ def run(settings: Settings) -> int:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        pipeline.send(Assigned([(tp.topic, tp.partition) for tp in assigned]))
         pipeline.send(Consuming(True))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        pipeline.send(Revoked([(tp.topic, tp.partition) for tp in revoked]))
 
     faust_worker = DrainingWorker(
         app, loglevel=_faust_loglevel(settings.log_level), redirect_stdouts=False

@@ -58,6 +58,12 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.dead_letters_unsendable = Counter(
+            f"{PREFIX}_dead_letters_unsendable",
+            "Dead letters the broker refused even truncated, kept in Postgres instead "
+            "(unsendable_dead_letters).",
+            registry=r,
+        )
         self.retries = Counter(
             f"{PREFIX}_retries",
             "Retries of transient infrastructure faults.",

@@ -49,6 +49,18 @@ class Consuming(msgspec.Struct, tag="consuming", array_like=True):
     consuming: bool
 
 
+class Assigned(msgspec.Struct, tag="assigned", array_like=True):
+    """These partitions are this worker's (see `Pipeline.assigned`); in order with batches."""
+
+    partitions: list[tuple[str, int]]
+
+
+class Revoked(msgspec.Struct, tag="revoked", array_like=True):
+    """These partitions went to another worker (see `Pipeline.revoked`); in order with batches."""
+
+    partitions: list[tuple[str, int]]
+
+
 class Lag(msgspec.Struct, tag="lag", array_like=True):
     partitions: list[tuple[str, int, int]]  # topic, partition, records behind
 
@@ -75,7 +87,7 @@ class Drained(msgspec.Struct, tag="drained", array_like=True):
     pass
 
 
-ToPipeline = Batch | Consuming | Lag | Stopping | Drain | Exit
+ToPipeline = Batch | Assigned | Revoked | Consuming | Lag | Stopping | Drain | Exit
 FromPipeline = Finished | Drained
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -121,7 +133,7 @@ def _serve(worker: Worker, conn: Connection, idle_s: float) -> int:
     Control messages are handled by a reader thread as they arrive, so a batch waiting out an
     outage still gets its lag reported and still hears `Stopping`; batches and drains queue up
     for this thread, which is the only one that drives the pipeline."""
-    work: queue.Queue[Batch | Drain | Exit] = queue.Queue()
+    work: queue.Queue[Batch | Assigned | Revoked | Drain | Exit] = queue.Queue()
     threading.Thread(
         target=_read_controls, args=(worker, conn, work), name="pipeline-controls", daemon=True
     ).start()
@@ -135,6 +147,13 @@ def _serve(worker: Worker, conn: Connection, idle_s: float) -> int:
             message, idle = Drain(), True  # nothing new for a while: finish the batch in flight
         if isinstance(message, Exit):
             return 0
+        if isinstance(message, Assigned | Revoked):
+            partitions = [(t, p) for t, p in message.partitions]
+            if isinstance(message, Assigned):
+                pipeline.assigned(partitions)
+            else:
+                pipeline.revoked(partitions)
+            continue
         try:
             if isinstance(message, Batch):
                 results = pipeline.submit(message.records)

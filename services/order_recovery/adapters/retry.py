@@ -1,5 +1,6 @@
 """Retrying transient infrastructure faults: Postgres unreachable or dropped, serialization
-failures, deadlocks, Kafka produce timeouts. Exponential backoff with jitter, capped, for as long as
+failures, deadlocks, Kafka produce timeouts, and a write that lost a race to another worker (its
+batch is decided again). Exponential backoff with jitter, capped, for as long as
 the fault lasts, so the partition waits and nothing is lost or dead-lettered for an outage. A stop
 request (SIGTERM) ends the wait at once."""
 
@@ -20,6 +21,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from order_recovery.faults import WriteConflict
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -28,7 +31,13 @@ class PublishFailed(RuntimeError):
     """Kafka did not acknowledge every message in time (broker down or slow); safe to retry."""
 
 
-TRANSIENT_CAUSES = ("pg_unavailable", "pg_serialization", "pg_deadlock", "kafka_publish")
+TRANSIENT_CAUSES = (
+    "pg_unavailable",
+    "pg_serialization",
+    "pg_deadlock",
+    "kafka_publish",
+    "write_conflict",
+)
 
 
 def transient_cause(exc: BaseException) -> str | None:
@@ -41,6 +50,8 @@ def transient_cause(exc: BaseException) -> str | None:
         return "pg_unavailable"
     if isinstance(exc, PublishFailed):
         return "kafka_publish"
+    if isinstance(exc, WriteConflict):
+        return "write_conflict"
     return None
 
 

@@ -52,5 +52,21 @@ class UnknownPlatform(InvalidEvent):
     error_class = "unknown_platform"
 
 
+class OversizedRecord(InvalidEvent):
+    """A record larger than ORDER_RECOVERY_MAX_RECORD_BYTES (key, value and headers), turned away
+    before it is decoded: no valid event comes near the limit, and a record near the broker's own
+    limit could not be dead-lettered whole (its dead letter adds headers)."""
+
+    error_class = "oversized_record"
+
+
+class EventFromFuture(InvalidEvent):
+    """An event whose occurred_at is more than ORDER_RECOVERY_MAX_EVENT_SKEW_S ahead of its
+    record's broker timestamp. Every rule measures to occurred_at, and the per-day refund cap is
+    keyed on its day, so a producer's clock running ahead would move money decisions."""
+
+    error_class = "event_from_future"
+
+
 class PolicyError(ValueError):
     """A policy file is unusable; the message names the file and the key."""

@@ -24,7 +24,14 @@ from order_recovery.domain.policy import load_policies
 from order_recovery.ops import views
 from order_recovery.ops.cases import timeline
 from order_recovery.ops.db import connect
-from order_recovery.ops.dlq import LetterFilter, dlq_topics, read_letters, resolve_topic, summarise
+from order_recovery.ops.dlq import (
+    LetterFilter,
+    distinct,
+    dlq_topics,
+    read_letters,
+    resolve_topic,
+    summarise,
+)
 from order_recovery.ops.output import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,6 +47,8 @@ from order_recovery.ops.reconcile import decided_on, read_ledger, reconcile
 from order_recovery.ops.replay import check_replay_id, new_replay_id, replay
 from order_recovery.ops.simulate import load, simulate
 from order_recovery.ops.stats import GROUPINGS, TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, figures
+from order_recovery.ops.unsendable import counts as unsendable_counts
+from order_recovery.ops.unsendable import read as read_unsendable
 from order_recovery.ops.when import parse_day, parse_when
 
 
@@ -51,7 +60,7 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _db_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    applied = migrate(settings.database_url)
+    applied = migrate(settings.database_owner_url)
     print(f"applied: {', '.join(applied)}" if applied else "database schema up to date")
     return EXIT_OK
 
@@ -115,7 +124,14 @@ def _reading(n: int) -> AbstractContextManager[Advance]:
 
 def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     topics = dlq_topics(settings)
-    summaries = summarise(topics, read_letters(settings, topics, _reading))
+    letters = read_letters(settings, topics, _reading)
+    try:
+        with connect(settings.database_reader_url) as conn:
+            unsendable: dict[str, int] | None = unsendable_counts(conn, topics)
+    except psycopg.Error as exc:  # the dead-letter topics are worth listing without it
+        print(f"recoveryctl: unsendable dead letters unknown: {_first_line(exc)}", file=sys.stderr)
+        unsendable = None
+    summaries = summarise(topics, letters, unsendable)
     if args.json:
         print_json([asdict(s) for s in summaries])
     else:
@@ -126,12 +142,25 @@ def _dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 def _dlq_show(args: argparse.Namespace, settings: Settings) -> int:
     filt = _filter(args, settings)
     topics = [filt.topic] if filt.topic else dlq_topics(settings)
-    matching = [x for x in read_letters(settings, topics, _reading) if filt.matches(x)]
+    matching = distinct(x for x in read_letters(settings, topics, _reading) if filt.matches(x))
     shown = matching[: args.limit]
     if args.json:
         print_json({"matched": len(matching), "records": [x.to_json() for x in shown]})
     else:
         views.dlq_show(console(), shown, len(matching))
+    return EXIT_OK
+
+
+def _dlq_unsendable(args: argparse.Namespace, settings: Settings) -> int:
+    topic = resolve_topic(settings, args.topic)
+    with connect(settings.database_reader_url) as conn:
+        matched, rows = read_unsendable(
+            conn, [topic] if topic else dlq_topics(settings), args.limit
+        )
+    if args.json:
+        print_json({"matched": matched, "records": [r.to_json() for r in rows]})
+    else:
+        views.unsendable(console(), rows, matched)
     return EXIT_OK
 
 
@@ -177,7 +206,7 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _case_show(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         entries = timeline(conn, args.order_id)
     if not entries:
         print(f"recoveryctl: no decisions for order {args.order_id}", file=sys.stderr)
@@ -190,7 +219,7 @@ def _case_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         total, groups = figures(conn, args.since, args.until, args.by)
     if args.json:
         print_json(
@@ -212,7 +241,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     ledger = read_ledger(args.ledger) if args.ledger else None
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         result = reconcile(decided_on(conn, args.date), args.date, ledger)
     if args.json:
         print_json(result.to_json())
@@ -223,7 +252,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     policies = load_policies(args.policy)  # PolicyError: a usage error here (exit 2)
-    with connect(settings.database_url) as conn:
+    with connect(settings.database_reader_url) as conn:
         stored = load(conn, args.since, args.until)
     with progress("re-deciding", len(stored)) as advance:
         result = simulate(stored, policies, advance)
@@ -249,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="the Postgres schema")
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    db_sub.add_parser("migrate", help="apply pending migrations (idempotent)").set_defaults(
-        handler=_db_migrate
-    )
+    db_sub.add_parser(
+        "migrate", help="apply pending migrations as the owner, DATABASE_OWNER_URL (idempotent)"
+    ).set_defaults(handler=_db_migrate)
     sample = commands.add_parser(
         "produce-sample",
         help="publish realistic mixed sample events (all platforms, edge cases, duplicates)",
@@ -284,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_sub.add_parser(
         "list",
         parents=[json_flag],
-        help="per DLQ topic: records, oldest and newest failure, counts by error class",
+        help="per DLQ topic: records (each dead letter once), oldest and newest failure, counts "
+        "by error class, and dead letters kept in Postgres because the broker refused them",
     ).set_defaults(handler=_dlq_list)
     show = dlq_sub.add_parser(
         "show",
@@ -296,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive_int, default=20, help="show at most N records (default 20)"
     )
     show.set_defaults(handler=_dlq_show)
+    unsendable = dlq_sub.add_parser(
+        "unsendable",
+        parents=[json_flag],
+        help="dead letters the broker refused even truncated, kept in Postgres (newest first)",
+        description=(
+            "Dead letters the broker refused even with their value truncated (a dead-letter "
+            "topic whose max.message.bytes is smaller than the record, or a record whose key and "
+            "headers alone are too large). The worker keeps each in Postgres (table "
+            "unsendable_dead_letters: where the record was, why it failed, why the broker "
+            "refused it, key, headers and the value's first 16 KiB) and moves on. The whole "
+            "record stays on its source topic at that place for as long as retention keeps it."
+        ),
+    )
+    unsendable.add_argument(
+        "--topic", help="one DLQ: an exception type, its topic or its .dlq topic (default: all)"
+    )
+    unsendable.add_argument(
+        "--limit", type=_positive_int, default=20, help="show at most N records (default 20)"
+    )
+    unsendable.set_defaults(handler=_dlq_unsendable)
     again = dlq_sub.add_parser(
         "replay",
         parents=[json_flag],
@@ -397,6 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recoveryctl: Kafka error: {_first_line(exc)}", file=sys.stderr)
     except psycopg.OperationalError as exc:
         print(f"recoveryctl: cannot reach Postgres: {_first_line(exc)}", file=sys.stderr)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        print(
+            f"recoveryctl: Postgres refused: {_first_line(exc)} (is the DSN's role the one "
+            "this command needs? see docs/operations.md, Database roles)",
+            file=sys.stderr,
+        )
     except KeyboardInterrupt:
         print("recoveryctl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

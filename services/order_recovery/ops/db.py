@@ -1,5 +1,6 @@
-"""One read connection per command. Read-only commands run in a read-only transaction, so a
-mistake in an operator's tool can never change the service's records."""
+"""One read connection per command, as the reports role (DATABASE_READER_URL), which holds
+nothing but SELECT, and in a read-only transaction besides: a mistake in an operator's tool can
+never change the service's records."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Dead-letter topics: reading them (a bounded scan), selecting records, summarising them.
 
 A scan runs from given offsets to the end offsets taken before it starts, so it terminates while
-the worker keeps dead-lettering new records.
+the worker keeps dead-lettering new records. A record can be dead-lettered twice (a worker that
+died between producing its dead letter and committing its offset leaves it to the next owner):
+both copies carry the same `dlq.id`, and everything here counts, shows and replays it once.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -21,13 +23,17 @@ from confluent_kafka.admin import AdminClient
 
 from order_recovery.adapters.kafka_admin import KafkaUnavailable
 from order_recovery.config import DLQ_SUFFIX, EXCEPTION_TYPES, Settings
+from order_recovery.headers import (
+    DLQ_ERROR_CLASS,
+    DLQ_FAILED_AT,
+    DLQ_ID,
+    DLQ_ORIGINAL_TIMESTAMP,
+    DLQ_ORIGINAL_TOPIC,
+    DLQ_VALUE_TRUNCATED,
+)
 from order_recovery.ops.output import Advance, UsageError, escape_bytes
 
 TP = tuple[str, int]
-ERROR_CLASS = "dlq.error.class"
-FAILED_AT = "dlq.failed.at"
-ORIGINAL_TOPIC = "dlq.original.topic"
-ATTEMPT = "dlq.attempt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +55,30 @@ class Letter:
 
     @property
     def error_class(self) -> str:
-        return self.header(ERROR_CLASS) or "unknown"
+        return self.header(DLQ_ERROR_CLASS) or "unknown"
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """Equal for the copies of one dead letter: its `dlq.id`, else (a dead letter written
+        before the header existed, or by hand) its own place in the DLQ."""
+        found = self.header(DLQ_ID)
+        return ("id", found) if found else ("at", self.topic, str(self.partition), str(self.offset))
+
+    @property
+    def truncated(self) -> bool:
+        """The value is only the head of the record's (see `dlq.value.truncated`)."""
+        return self.header(DLQ_VALUE_TRUNCATED) == "true"
+
+    @property
+    def original_timestamp_ms(self) -> int | None:
+        """The failed record's own timestamp (`dlq.original.timestamp`), if it had one."""
+        raw = self.header(DLQ_ORIGINAL_TIMESTAMP)
+        return int(raw) if raw and raw.isdigit() and int(raw) > 0 else None
 
     @property
     def failed_at(self) -> datetime | None:
         """`dlq.failed.at`, else the record's timestamp (a record produced by hand)."""
-        raw = self.header(FAILED_AT)
+        raw = self.header(DLQ_FAILED_AT)
         if raw:
             try:
                 at = datetime.fromisoformat(raw)
@@ -67,7 +91,7 @@ class Letter:
 
     @property
     def original_topic(self) -> str:
-        return self.header(ORIGINAL_TOPIC) or self.topic.removesuffix(DLQ_SUFFIX)
+        return self.header(DLQ_ORIGINAL_TOPIC) or self.topic.removesuffix(DLQ_SUFFIX)
 
     def decoded(self) -> Any | None:
         """The value as JSON when it is JSON; None otherwise (then show the raw bytes)."""
@@ -87,7 +111,6 @@ class Letter:
         return None if self.key is None else self.key.decode("utf-8", "backslashreplace")
 
     def to_json(self) -> dict[str, Any]:
-        doc = self.decoded()
         return {
             "topic": self.topic,
             "partition": self.partition,
@@ -96,13 +119,21 @@ class Letter:
             "error_class": self.error_class,
             "failed_at": self.failed_at,
             "order_id": self.order_id,
-            "key": None if self.key is None else escape_bytes(self.key),
-            "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in self.headers],
-            "value": doc,
-            "value_raw": (
-                None if doc is not None or self.value is None else escape_bytes(self.value)
-            ),
+            **record_json(self.key, self.headers, self.decoded(), self.value),
         }
+
+
+def record_json(
+    key: bytes | None, headers: Sequence[tuple[str, bytes]], doc: Any | None, value: bytes | None
+) -> dict[str, Any]:
+    """A dead letter's key, headers and value as JSON: the value decoded when it is JSON
+    (`doc`), else its bytes escaped."""
+    return {
+        "key": None if key is None else escape_bytes(key),
+        "headers": [[k, v.decode("utf-8", "backslashreplace")] for k, v in headers],
+        "value": doc,
+        "value_raw": None if doc is not None or value is None else escape_bytes(value),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +290,20 @@ def read_letters(
         consumer.close()
 
 
+def distinct(letters: Iterable[Letter]) -> list[Letter]:
+    """One copy of each dead letter, in the order given: of the copies, the first in (topic,
+    partition, offset) order, so the choice does not depend on the order partitions were read
+    in (a replay resumed later chooses the same copy)."""
+    letters = list(letters)
+    first: dict[tuple[str, ...], tuple[str, int, int]] = {}
+    for x in letters:
+        at = (x.topic, x.partition, x.offset)
+        known = first.get(x.identity)
+        if known is None or at < known:
+            first[x.identity] = at
+    return [x for x in letters if first[x.identity] == (x.topic, x.partition, x.offset)]
+
+
 def total(ranges: Mapping[TP, tuple[int, int]]) -> int:
     return sum(max(0, end - start) for start, end in ranges.values())
 
@@ -270,9 +315,16 @@ class TopicSummary:
     oldest_failure: datetime | None
     newest_failure: datetime | None
     by_error_class: dict[str, int]
+    #: Dead letters of this topic the broker refused even truncated, kept in Postgres instead
+    #: (None: Postgres could not be asked).
+    unsendable: int | None = None
 
 
-def summarise(topics: Sequence[str], letters: Sequence[Letter]) -> list[TopicSummary]:
+def summarise(
+    topics: Sequence[str], letters: Sequence[Letter], unsendable: Mapping[str, int] | None = None
+) -> list[TopicSummary]:
+    """Per topic, each dead letter once (see `distinct`)."""
+    letters = distinct(letters)
     out = []
     for topic in topics:
         mine = [x for x in letters if x.topic == topic]
@@ -285,6 +337,7 @@ def summarise(topics: Sequence[str], letters: Sequence[Letter]) -> list[TopicSum
                 min(times, default=None),
                 max(times, default=None),
                 dict(sorted(classes.items())),
+                None if unsendable is None else unsendable.get(topic, 0),
             )
         )
     return out

@@ -9,6 +9,13 @@ sent a record and moved past it, or did neither. Starting the same replay id aga
 producer, aborts whatever it left open, and continues where the committed offsets say.
 Consumers must read with isolation.level=read_committed (confluent-kafka's default) not to see an
 aborted transaction's records; the worker is idempotent either way.
+
+A dead letter written twice (same `dlq.id`) is sent once: of the copies the filters select, only
+the first in (topic, partition, offset) order is sent, found by reading the topics up to the
+replay's end offsets before sending, so a resumed replay picks the same copy. A truncated dead
+letter is not sent (its value is only the record's head). A record is sent with its original
+timestamp (`dlq.original.timestamp`), so the worker judges its event time against the same
+reference as the first time (see `order_recovery.intake`).
 """
 
 from __future__ import annotations
@@ -25,12 +32,22 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from order_recovery.config import Settings
+from order_recovery.headers import (
+    DLQ_ATTEMPT,
+    DLQ_PREFIX,
+    REPLAY_AT,
+    REPLAY_ID,
+    REPLAY_PREFIX,
+    REPLAY_SOURCE_OFFSET,
+    REPLAY_SOURCE_PARTITION,
+    REPLAY_SOURCE_TOPIC,
+)
 from order_recovery.ops.dlq import (
-    ATTEMPT,
     QUIET,
     TP,
     Letter,
     LetterFilter,
+    distinct,
     dlq_topics,
     reader,
     scan,
@@ -39,11 +56,6 @@ from order_recovery.ops.dlq import (
 )
 from order_recovery.ops.output import Advance, UsageError
 
-REPLAY_ID = "replay.id"
-REPLAY_AT = "replay.at"
-REPLAY_SOURCE_TOPIC = "replay.source.topic"
-REPLAY_SOURCE_PARTITION = "replay.source.partition"
-REPLAY_SOURCE_OFFSET = "replay.source.offset"
 _REPLAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 #: A transaction is committed at least this often, so an interruption loses little work.
 CHUNK_RECORDS, CHUNK_SECONDS = 50, 1.0
@@ -70,7 +82,7 @@ def replay_headers(letter: Letter, replay_id: str, at: datetime) -> list[tuple[s
     kept = [
         (k, v)
         for k, v in letter.headers
-        if (not k.startswith("dlq.") or k == ATTEMPT) and not k.startswith("replay.")
+        if (not k.startswith(DLQ_PREFIX) or k == DLQ_ATTEMPT) and not k.startswith(REPLAY_PREFIX)
     ]
     return [
         *kept,
@@ -102,6 +114,8 @@ class ReplayResult:
     selected: list[dict[str, Any]] = field(default_factory=list)
     sent: int = 0
     examined: int = 0
+    duplicates: int = 0  # selected copies of a dead letter sent (or to be sent) from elsewhere
+    truncated: int = 0  # selected dead letters not sent: their value is only a prefix
     interrupted: bool = False
     limit_reached: bool = False
     done: bool = False  # every partition reached the end offsets of the replay's start
@@ -113,6 +127,8 @@ class ReplayResult:
             "resumed": self.resumed,
             "sent": self.sent,
             "examined": self.examined,
+            "skipped_duplicates": self.duplicates,
+            "skipped_truncated": self.truncated,
             "interrupted": self.interrupted,
             "limit_reached": self.limit_reached,
             "done": self.done,
@@ -182,7 +198,12 @@ class _Transactions:
                 self._errors.append(err)
 
         self._producer.produce(
-            topic, key=letter.key, value=letter.value, headers=headers, on_delivery=on_delivery
+            topic,
+            key=letter.key,
+            value=letter.value,
+            headers=headers,
+            on_delivery=on_delivery,
+            timestamp=letter.original_timestamp_ms or 0,  # 0: the producer stamps it now
         )
         self._producer.poll(0)
         self.in_chunk += 1
@@ -209,6 +230,22 @@ class _Transactions:
         )
 
 
+def _chosen_copies(
+    settings: Settings, state: _State, filt: LetterFilter
+) -> set[tuple[str, int, int]]:
+    """Where the one copy of each selected dead letter is, among all the replay covers: from the
+    start of each partition (a copy before where a resumed replay stands was sent, or chosen not
+    to be, by an earlier run) to the end offsets of the replay's first start."""
+    consumer = reader(settings)
+    try:
+        marks = watermarks(consumer, sorted({t for t, _ in state.ranges}))
+        ranges = {tp: (marks[tp][0], end) for tp, (_start, end) in state.ranges.items()}
+        letters = distinct(x for x in scan(consumer, ranges) if filt.matches(x))
+    finally:
+        consumer.close()
+    return {(x.topic, x.partition, x.offset) for x in letters}
+
+
 def replay(
     settings: Settings,
     replay_id: str,
@@ -228,6 +265,7 @@ def replay(
     consumer = reader(settings, group)
     try:
         state = _load_state(consumer, topics, filt)
+        chosen = _chosen_copies(settings, state, filt)
         result = ReplayResult(replay_id, dry_run, state.resumed)
         tx = None if dry_run else _Transactions(settings, group, consumer, state)
         if tx is not None and not state.resumed:
@@ -239,7 +277,12 @@ def replay(
                 if stop():
                     result.interrupted = True
                     break
-                if filt.matches(letter):
+                where = (letter.topic, letter.partition, letter.offset)
+                if filt.matches(letter) and where not in chosen:
+                    result.duplicates += 1
+                elif filt.matches(letter) and letter.truncated:
+                    result.truncated += 1
+                elif filt.matches(letter):
                     if limit is not None and len(result.selected) >= limit:
                         result.limit_reached = True
                         break

@@ -17,6 +17,7 @@ from order_recovery.ops.reconcile import Line, Reconciliation
 from order_recovery.ops.replay import ReplayResult
 from order_recovery.ops.simulate import Side, Simulation
 from order_recovery.ops.stats import TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, Figures
+from order_recovery.ops.unsendable import Unsendable
 
 
 def _mark(ok: bool | None) -> str:
@@ -24,35 +25,76 @@ def _mark(ok: bool | None) -> str:
 
 
 def dlq_list(out: Console, summaries: Sequence[TopicSummary]) -> None:
-    table = Table("DLQ topic", "records", "oldest failure", "newest failure", "by error class")
+    table = Table(
+        "DLQ topic", "records", "oldest failure", "newest failure", "by error class", "unsendable"
+    )
     for s in summaries:
         classes = ", ".join(f"{k}={n}" for k, n in s.by_error_class.items()) or "-"
-        style = "yellow" if s.count else None
+        style = "red" if s.unsendable else ("yellow" if s.count else None)
         table.add_row(
             s.topic,
             str(s.count),
             when(s.oldest_failure),
             when(s.newest_failure),
             classes,
+            "?" if s.unsendable is None else str(s.unsendable),
             style=style,
         )
     out.print(table)
+    kept = sum(s.unsendable or 0 for s in summaries)
+    if kept:
+        out.print(
+            f"{kept} dead letter(s) refused by the broker are kept in Postgres: "
+            "`recoveryctl dlq unsendable`",
+            markup=False,
+        )
+
+
+def _record(
+    out: Console,
+    key: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    doc: object | None,
+    raw_line: str,
+) -> None:
+    """A dead letter's key, headers and value: decoded when it is JSON, else `raw_line`."""
+    out.print(f"key        {'-' if key is None else escape_bytes(key)}", markup=False)
+    for k, v in headers:
+        out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
+    if doc is not None:
+        out.print_json(data=doc)
+    else:
+        out.print(raw_line, markup=False)
 
 
 def dlq_show(out: Console, letters: Sequence[Letter], matched: int) -> None:
     for x in letters:
         out.rule(f"{x.topic}[{x.partition}]@{x.offset}  [bold]{x.error_class}[/]", align="left")
         out.print(f"failed at  {when(x.failed_at)}   order {x.order_id or '-'}", markup=False)
-        out.print(f"key        {'-' if x.key is None else escape_bytes(x.key)}", markup=False)
-        for k, v in x.headers:
-            out.print(f"  {k}: {v.decode('utf-8', 'backslashreplace')}", markup=False)
-        doc = x.decoded()
-        if doc is not None:
-            out.print_json(data=doc)
-        else:
-            raw = "null" if x.value is None else escape_bytes(x.value)
-            out.print(f"value (raw, does not decode as JSON): {raw}", markup=False)
+        raw = "null" if x.value is None else escape_bytes(x.value)
+        _record(out, x.key, x.headers, x.decoded(), f"value (raw, does not decode as JSON): {raw}")
     out.print(f"{len(letters)} shown of {matched} matching")
+
+
+def unsendable(out: Console, rows: Sequence[Unsendable], matched: int) -> None:
+    for x in rows:
+        out.rule(
+            f"{x.source_topic}[{x.source_partition}]@{x.source_offset}  [bold]{x.error_class}[/]",
+            align="left",
+        )
+        out.print(f"failed at  {when(x.failed_at)}   worker {x.worker_id}", markup=False)
+        out.print(f"refused    {x.refusal}", markup=False)
+        out.print(f"error      {x.error_message}", markup=False)
+        raw = "null" if x.value_prefix is None else escape_bytes(x.value_prefix)
+        kept = 0 if x.value_prefix is None else len(x.value_prefix)
+        _record(
+            out,
+            x.key,
+            x.headers,
+            x.decoded(),
+            f"value ({kept} of {x.value_bytes} bytes, raw): {raw}",
+        )
+    out.print(f"{len(rows)} shown of {matched} kept in Postgres")
 
 
 def replay(out: Console, result: ReplayResult) -> None:
@@ -75,6 +117,13 @@ def replay(out: Console, result: ReplayResult) -> None:
         f"replay {result.replay_id} ({state}): {verb} {count} record(s), "
         f"examined {result.examined}; {tail}"
     )
+    if result.duplicates:
+        out.print(f"skipped {result.duplicates} second copy(ies) of a dead letter (same dlq.id)")
+    if result.truncated:
+        out.print(
+            f"skipped {result.truncated} truncated dead letter(s): their value is only the "
+            "record's head (the whole record is at dlq.original.topic/partition/offset)"
+        )
 
 
 def case(out: Console, order_id: str, entries: Sequence[Entry]) -> None:

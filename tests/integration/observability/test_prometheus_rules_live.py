@@ -9,17 +9,14 @@ scenario takes about a minute on a small machine. Prometheus missing is a failur
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
-from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
 from order_recovery.config import Settings
+from tests.support.databases import scratch_database
+from tests.support.kafka_io import own_topics
 from tests.support.known_mix import overall_recovery_rate, recovery_rates
 from tests.support.observed_mix import ObservedMix, observed_known_mix
 from tests.support.prometheus import (
@@ -39,26 +36,16 @@ TOLERANCE = 1e-9  # the ratios are exact up to floating point (see tests/support
 
 @pytest.fixture(scope="module")
 def module_settings(
-    kafka_bootstrap: str, postgres_admin_url: str, migrated_template: str
+    kafka_bootstrap: str, postgres_admin_url: str, server_settings: Settings, migrated_template: str
 ) -> Iterator[Settings]:
     """Like the `settings` fixture, for the module: its own topics and migrated database."""
-    name = f"ortest_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    settings = replace(
-        Settings.from_env({}),
-        kafka_bootstrap_servers=kafka_bootstrap,
-        database_url=make_conninfo(postgres_admin_url, dbname=name),
-        topic_prefix=prefix,
-        topic_partitions=3,
-        consumer_group=f"{prefix}group",
-    )
-    ensure_topics(kafka_bootstrap, settings.all_topics, 3, 1)
-    yield settings
-    delete_topics(kafka_bootstrap, settings.all_topics)
-    with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        scratch_database(
+            postgres_admin_url, server_settings, "ortest", template=migrated_template
+        ) as database,
+        own_topics(kafka_bootstrap, database) as settings,
+    ):
+        yield settings
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ class Run:
 def ctl_env(settings: Settings) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "DATABASE_URL": settings.database_url,
+        **settings.database_env(),
         "ORDER_RECOVERY_TOPIC_PREFIX": settings.topic_prefix,
         "ORDER_RECOVERY_CONSUMER_GROUP": settings.consumer_group,
     }

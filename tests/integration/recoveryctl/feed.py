@@ -105,7 +105,7 @@ def policy_dir(tmp_path: Path, *, jingdong: bool = False, **edits: str) -> Path:
 
 
 def decision_count(settings: Settings) -> int:
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         row = conn.execute("SELECT count(*) FROM decisions").fetchone()
     return int(row[0]) if row else 0
 

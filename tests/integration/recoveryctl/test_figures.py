@@ -49,7 +49,7 @@ FEED: dict[str, tuple[dict[str, Any], timedelta]] = {
 def decided(settings: Settings, tmp_path: Path) -> dict[str, str]:
     """The feed decided by the worker, decided_at set to T0 + the feed's offset; event ids."""
     decide(settings, tmp_path, [event for event, _ in FEED.values()])
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_owner_url) as conn:
         for event, after in FEED.values():
             for table in ("decisions", "compensations"):  # one transaction wrote both
                 conn.execute(
@@ -60,7 +60,7 @@ def decided(settings: Settings, tmp_path: Path) -> dict[str, str]:
 
 
 def set_compensation_time(settings: Settings, at: dict[str, str]) -> None:
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_owner_url) as conn:
         for order, when in at.items():
             conn.execute(
                 "UPDATE compensations SET decided_at = %s WHERE order_id = %s", (when, order)

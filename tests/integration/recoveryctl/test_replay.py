@@ -86,7 +86,7 @@ def test_fixed_cause_replayed_is_decided_exactly_once(
         "rule_error",
         "2025-06-02T00:00:00Z",
     )
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         money_before = conn.execute(
             "SELECT count(*), sum(amount_fen) FROM compensations"
         ).fetchone()
@@ -104,7 +104,7 @@ def test_fixed_cause_replayed_is_decided_exactly_once(
     assert sorted(addresses(real)) == sorted(addresses(dry)), "the dry run listed what was sent"
 
     wait_until(lambda: decision_count(settings) == len(valid) + 4, 60, "replayed decided")
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         rows = conn.execute(
             "SELECT event_id::text, policy_version FROM decisions WHERE platform = 'jingdong'"
         ).fetchall()
@@ -132,7 +132,7 @@ def test_fixed_cause_replayed_is_decided_exactly_once(
         lambda: fixed.metric("order_recovery_duplicate_events_total") == 1, 60, "duplicate seen"
     )
     assert decision_count(settings) == len(valid) + 4
-    with psycopg.connect(settings.database_url) as conn:
+    with psycopg.connect(settings.database_reader_url) as conn:
         money_after = conn.execute("SELECT count(*), sum(amount_fen) FROM compensations").fetchone()
     assert money_after == money_before
 

@@ -13,6 +13,7 @@ import jsonschema
 import orjson
 import pytest
 import referencing
+import referencing.jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec.structs import fields
@@ -414,14 +415,37 @@ def _decimal_json(value: Any) -> Any:
     return json.loads(json.dumps(value), parse_float=Decimal)
 
 
-def _reference_validators() -> dict[str, jsonschema.Draft202012Validator]:
+def _integer(checker: Any, instance: Any) -> bool:
+    """2020-12's integer, for numbers parsed as Decimal: `jsonschema` takes the float 0.0 as an
+    integer but not Decimal("0.0"), so an integral float (amount_fen 0.0) looked invalid here."""
+    base = jsonschema.Draft202012Validator.TYPE_CHECKER
+    if isinstance(instance, Decimal):
+        return instance.is_finite() and instance == instance.to_integral_value()
+    return bool(base.is_type(instance, "integer"))
+
+
+_ReferenceValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _integer),
+)
+
+
+def _reference_validators() -> dict[str, Any]:
+    """Without `$schema`: a schema that names its draft is validated by that draft's stock class
+    when reached through a $ref, which would drop the integer check above."""
     contract = default_contract()
-    schemas = {name: _decimal_json(s) for name, s in contract.schemas.items()}
-    resources = [(s["$id"], referencing.Resource.from_contents(s)) for s in schemas.values()]
+    schemas = {
+        name: {k: v for k, v in _decimal_json(s).items() if k != "$schema"}
+        for name, s in contract.schemas.items()
+    }
+    draft = referencing.jsonschema.DRAFT202012
+    resources = [
+        (s["$id"], referencing.Resource.from_contents(s, default_specification=draft))
+        for s in schemas.values()
+    ]
     registry = referencing.Registry().with_resources(resources)
     return {
-        name: jsonschema.Draft202012Validator(schema, registry=registry)
-        for name, schema in schemas.items()
+        name: _ReferenceValidator(schema, registry=registry) for name, schema in schemas.items()
     }
 
 

@@ -20,6 +20,7 @@ COMMANDS = {
     ("policy", "check"): ["DIR", "--json"],
     ("dlq", "list"): ["--json"],
     ("dlq", "show"): ["--topic", "--error-class", "--order-id", "--since", "--until", "--limit"],
+    ("dlq", "unsendable"): ["--topic", "--limit", "--json"],
     ("dlq", "replay"): [
         "--topic", "--error-class", "--order-id", "--since", "--until", "--replay-id",
         "--dry-run", "--rate", "--limit", "--json",
@@ -85,12 +86,14 @@ def _closed_port() -> int:
 @pytest.mark.parametrize(
     ("argv", "variable", "value", "reason"),
     [
-        (["stats"], "DATABASE_URL", "postgresql://x@127.0.0.1:{port}/x", "cannot reach Postgres"),
-        (["case", "show", "o"], "DATABASE_URL", "postgresql://x@127.0.0.1:{port}/x",
+        # Reports connect as the reports role (DATABASE_READER_URL).
+        (["stats"], "DATABASE_READER_URL", "postgresql://x@127.0.0.1:{port}/x",
+         "cannot reach Postgres"),
+        (["case", "show", "o"], "DATABASE_READER_URL", "postgresql://x@127.0.0.1:{port}/x",
          "cannot reach Postgres"),
         (["dlq", "list"], "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:{port}", "Kafka error"),
-        (["reconcile", "--date", "2025-06-02", "--ledger", "/nonexistent.csv"], "DATABASE_URL",
-         "postgresql://x@127.0.0.1:{port}/x", "cannot read ledger"),
+        (["reconcile", "--date", "2025-06-02", "--ledger", "/nonexistent.csv"],
+         "DATABASE_READER_URL", "postgresql://x@127.0.0.1:{port}/x", "cannot read ledger"),
         (["stats"], "ORDER_RECOVERY_TOPIC_PARTITIONS", "zero", "is not an integer"),
     ],
 )  # fmt: skip

@@ -2,7 +2,9 @@
 
 Files are `NNNN_name.sql` in `order_recovery/migrations`; each is applied once, in its own
 transaction, under an advisory lock so two workers starting together do not race. A file whose
-content changed after it was applied is an error: migrations are append-only history.
+content changed after it was applied is an error: migrations are append-only history. They run as
+the database's owner and no one else (see migrations/README.md), so everything they create has
+that one owner and the service's roles only hold what the migrations grant them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -52,6 +55,7 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
     """Apply what is missing; return the versions applied now (empty when up to date)."""
     applied_now: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as conn:
+        _check_owner(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(
@@ -70,14 +74,40 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                             "was applied; add a new migration instead"
                         )
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum)"
-                        " VALUES (%s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                _apply(conn, migration)
                 applied_now.append(migration.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def _check_owner(conn: psycopg.Connection[Any]) -> None:
+    """Refuse to migrate as anyone but the database's owner: a superuser's migration would leave
+    objects that the owner's later migrations cannot alter or grant on."""
+    row = conn.execute(
+        "SELECT pg_get_userbyid(datdba), current_user FROM pg_database"
+        " WHERE datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    owner, user = row
+    if owner != user:
+        raise MigrationError(
+            f"migrations run as the database's owner, {owner} (DATABASE_OWNER_URL); "
+            f"connected as {user}"
+        )
+
+
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(migration.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.checksum),
+            )
+    except psycopg.DatabaseError as exc:
+        hint = exc.diag.message_hint
+        raise MigrationError(
+            f"migration {migration.version}_{migration.name} failed: "
+            f"{exc.diag.message_primary or exc}{f' ({hint})' if hint else ''}"
+        ) from exc

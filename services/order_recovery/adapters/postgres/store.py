@@ -5,16 +5,21 @@ Round trips are per batch, not per event: the history is five SELECTs sent in on
 write is one COPY of a row per decision into a session-local staging table and a pipeline of
 INSERT ... SELECT statements that fan it out into the tables, so the per-row work of every table
 happens inside Postgres rather than in the worker's Python thread. Every insert is keyed (decision
-per event, compensation per order and exception type) and decisions already present are dropped
-from the stage before any effect is written, so a batch that is processed twice, or by two workers
-during a rebalance, writes its effects once; its outcomes go into the outbox as one row per batch.
+per event, compensation per order and exception type), and the counters of the limits that span
+workers (`domain.limits`) are updated under a check of what the decisions relied on; the write
+holds a share lock on its partitions' leases and checks their epochs. A batch that meets another
+worker's commit on any of these (a unique key, a counter past its bound) is refused whole as a
+WriteConflict and decided again on a fresh read; one whose partitions another worker claimed is
+refused whole as Fenced. So a batch processed twice, or by two workers during a rebalance, or by a
+zombie, writes its effects once; its outcomes go into the outbox as one row per batch.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -24,16 +29,24 @@ from msgspec import Struct
 
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
+from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
+from order_recovery.faults import Fenced, WriteConflict
 from order_recovery.stored_history import StoredHistory
+
+#: A partition of a source topic, as (topic, partition).
+Partition = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryKeys:
     """A batch's orders and (buyer, business day) pairs. Its events need no key of their own:
-    a redelivery keeps its order, so an event is known if its order's decisions include it."""
+    a redelivery keeps its order, so an event is known if its order's decisions include it.
+    `event_ids` only after a write conflict: then the ids are looked up themselves, so that an
+    id reused under another order (a producer's bug) is known too and cannot conflict forever."""
 
     order_ids: list[str]
     buyer_days: list[tuple[str, date]]
+    event_ids: list[str] | None = None
 
 
 class DecisionRow(Struct, frozen=True, gc=False):
@@ -74,13 +87,9 @@ class OutboxBatch:
     messages: list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
-    """What one write inserted: the event ids (a decision already present, from a redelivery
-    or another worker, is left untouched) and the outbox batch holding their outcomes."""
-
-    event_ids: list[str]
-    outbox_batch: str | None
+#: Sends outbox batches in the order given and returns once the broker has them all; raising
+#: leaves them unmarked (the transaction that locked them rolls back).
+Publish = Callable[[list[OutboxBatch]], None]
 
 
 #: The staging table, created per session: temporary (no WAL), emptied when each batch's transaction
@@ -127,27 +136,16 @@ _DECISION_VALUES = f"""SELECT event_id::uuid, order_id, exception_type, platform
            source_offset, event::json
     FROM decision_stage"""
 
-#: The fast path's insert: no conflict handling at all. The history read already dropped every
-#: decision it knew of, so a conflict here means another worker wrote one meanwhile; the unique
-#: key then fails the whole transaction and the batch is written again on the keyed path.
+#: No conflict handling at all. The history read already dropped every decision it knew of, so a
+#: conflict here means another worker wrote one meanwhile: the unique key fails the whole
+#: transaction (a WriteConflict) and the batch is decided again on a fresh read.
 #: (ON CONFLICT's speculative insertion cost a fifth of the insert.)
 INSERT_NEW_DECISIONS = f"INSERT INTO {_DECISION_COLUMNS}\n    {_DECISION_VALUES}"
 
-#: The keyed path's insert: a decision already present is left untouched; the row count says
-#: whether there was any.
-INSERT_DECISIONS = f"""INSERT INTO {_DECISION_COLUMNS}
-    {_DECISION_VALUES}
-    ON CONFLICT (event_id) DO NOTHING"""
-
-#: Only when some decision was already there: drop it from the stage (returning its id) so no
-#: statement after this one writes its effects again. A row this transaction inserted carries its
-#: transaction id as xmin; one found with another was there before.
-DROP_EXISTING = """DELETE FROM decision_stage s USING decisions d
-    WHERE d.event_id = s.event_id::uuid AND d.xmin <> pg_current_xact_id()::xid
-    RETURNING s.event_id"""
-
-#: The effects of the decisions left in the stage, which are all new: only the compensation,
-#: unique per order and exception type across decisions, needs its key.
+#: The effects of the batch's decisions, which are all new. A compensation is unique per order and
+#: exception type; the history read knew every earlier one, so a conflict here is another
+#: worker's concurrent grant and fails the transaction like a decision's (never a silent skip:
+#: the decision and its outcome would still say the money moved).
 FAN_OUT = (
     f"""INSERT INTO actions (event_id, seq, action)
        SELECT s.event_id::uuid, a.n - 1, a.action
@@ -156,8 +154,7 @@ FAN_OUT = (
            event_day, event_id)
        SELECT order_id, exception_type, compensation_kind, compensation_fen, buyer_id,
               event_day, event_id::uuid
-       FROM decision_stage WHERE compensation_kind IS NOT NULL ORDER BY seq
-       ON CONFLICT (order_id, exception_type) DO NOTHING""",
+       FROM decision_stage WHERE compensation_kind IS NOT NULL ORDER BY seq""",
     f"""INSERT INTO audit_log (order_id, exception_type, event_id, from_status, to_status,
            detail)
        SELECT order_id, exception_type, event_id::uuid, from_status, outcome,
@@ -182,12 +179,65 @@ FAN_OUT = (
            last_event_id = excluded.last_event_id""",
 )
 
-#: The batch's outcomes as one outbox row (none when every decision was already there).
+#: The batch's outcomes as one outbox row (none when it decided nothing).
 INSERT_OUTBOX_BATCH = """INSERT INTO outbox_batches (batch_id, event_ids, order_ids, payloads)
     SELECT %s, array_agg(event_id::uuid ORDER BY seq), array_agg(order_id ORDER BY seq),
            array_agg(payload ORDER BY seq)
-    FROM decision_stage HAVING count(*) > 0
-    ON CONFLICT (batch_id) DO NOTHING"""
+    FROM decision_stage HAVING count(*) > 0"""
+
+#: The batch's claims on the limit counters, one row per counter, locked in (kind, subject) order
+#: so that two writers never wait on each other in a cycle. `ceiling` is what this batch relied
+#: on; the table's check refuses the update when another worker's commit took the counter past it.
+UPSERT_LIMITS = """INSERT INTO limit_counters AS c (kind, subject, used, ceiling)
+    SELECT kind, subject, used, ceiling
+    FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int4[]) AS t(kind, subject, used, ceiling)
+    ORDER BY kind, subject
+    ON CONFLICT (kind, subject) DO UPDATE SET
+        used = c.used + excluded.used, ceiling = excluded.ceiling, updated_at = now()"""
+LIMIT_CHECK = "limit_counters_within_ceiling"
+
+#: The leases of the batch's partitions that still carry the epochs this worker claimed, share
+#: locked until the commit: a claim by another worker waits for this write, and a write after
+#: such a claim finds fewer rows than partitions and is rolled back (see migration 0007).
+HOLD_LEASES = """SELECT l.topic, l.partition FROM partition_leases l
+    JOIN unnest(%s::text[], %s::int4[], %s::int8[]) AS m(topic, partition, epoch)
+      ON l.topic = m.topic AND l.partition = m.partition AND l.epoch = m.epoch
+    FOR SHARE OF l"""
+
+#: Claim partitions for a pipeline (`owner` is unique per pipeline instance): a new epoch each,
+#: waiting for any write in progress under the old one. A partition still leased to the same owner
+#: keeps its epoch, so a runtime's revoke-and-assign of the same partition (an eager rebalance)
+#: does not fence the owner's own batch in flight.
+CLAIM_LEASES = """INSERT INTO partition_leases AS l (topic, partition, epoch, owner)
+    SELECT topic, partition, 1, %s
+    FROM unnest(%s::text[], %s::int4[]) AS t(topic, partition) ORDER BY topic, partition
+    ON CONFLICT (topic, partition) DO UPDATE SET
+        epoch = CASE WHEN l.owner = excluded.owner THEN l.epoch ELSE l.epoch + 1 END,
+        owner = excluded.owner, claimed_at = now()
+    RETURNING topic, partition, epoch"""
+
+#: Unpublished outbox batches, locked (FOR UPDATE, in creation order, so two claimers never wait
+#: in a cycle) while their outcomes are sent and the batch marked, in one transaction: one sender
+#: per batch at a time, oldest first. A batch published meanwhile drops out when its lock is
+#: released (Postgres re-checks the condition on the row's new version).
+_LOCK_UNPUBLISHED = """SELECT batch_id::text, order_ids, payloads FROM outbox_batches
+    WHERE published_at IS NULL AND {where} ORDER BY created_at {limit} FOR UPDATE"""
+UNPUBLISHED_HOLDING = _LOCK_UNPUBLISHED.format(
+    where="event_ids && %s::uuid[] AND batch_id <> ALL(%s::uuid[])", limit=""
+)
+UNPUBLISHED_OLDER_THAN = _LOCK_UNPUBLISHED.format(
+    where="created_at < now() - make_interval(secs => %s)", limit="LIMIT %s"
+)
+MARK_PUBLISHED = """UPDATE outbox_batches SET published_at = now()
+    WHERE batch_id = ANY(%s::uuid[]) AND published_at IS NULL"""
+#: Held by the outbox relay for its transaction: one relay pass at a time across all workers, so
+#: crash leftovers go out strictly oldest first.
+RELAY_LOCK_KEY = 0x0DE5_1A7F
+
+
+#: Longer than any pause between the statements of one of our transactions (they are sent in
+#: pipelines; the longest wait inside one is a relay publish, bounded by the producer's 15 s).
+IDLE_IN_TRANSACTION_S = 20
 
 
 class PostgresStore:
@@ -211,6 +261,11 @@ class PostgresStore:
             conn = psycopg.connect(
                 self._dsn, connect_timeout=5, autocommit=True, prepare_threshold=None
             )
+            # A worker paused in the middle of a transaction (SIGSTOP, a stalled VM) would hold
+            # its locks for as long as it sleeps: the lease share lock a new owner's claim waits
+            # for, counter rows. Postgres ends such a session after this long; the zombie's
+            # commit then fails, and its redo finds the partition claimed.
+            conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
             conn.execute(CREATE_STAGE)
             self._conn = conn
         return self._conn
@@ -236,19 +291,16 @@ class PostgresStore:
         still be in flight on another connection: the history is read in one snapshot that
         also says whether that write is in it, and where it is not, the pending decisions are
         applied on top, so the result counts them exactly once either way."""
-        try:
+        with self._resetting():
             return self._load_history(keys, pending)
-        except psycopg.Error:
-            self.reset()
-            raise
 
     def _load_history(
         self, keys: HistoryKeys, pending: Sequence[tuple[Event, Decision]]
     ) -> StoredHistory:
         conn = self._connection()
         orders, order_ids = _key_list(keys.order_ids)
-        buyers, buyer_ids = _key_list([b for b, _ in keys.buyer_days])
-        days = LIST_SEPARATOR.join(d.isoformat() for _, d in keys.buyer_days)
+        subjects = {buyer_day_subject(b, d): (b, d) for b, d in keys.buyer_days}
+        refund_sql, refund_subjects = _key_list(list(subjects))
         queries: list[tuple[str, tuple[Any, ...]]] = [
             # One snapshot for every query and the probe; BEGIN and COMMIT ride in the same
             # pipeline, so the whole read is one round trip.
@@ -275,132 +327,204 @@ class PostgresStore:
                 f" WHERE order_id = ANY({orders})",
                 (order_ids,),
             ),
+            # The counter the write checks refunds against (domain.limits), not a count of
+            # compensations: the two move together, and this is one index probe per buyer-day.
             (
-                f"""SELECT c.buyer_id, c.event_day, count(*) FROM compensations c
-                JOIN unnest({buyers}, {_list("%s")}::date[]) AS k(buyer_id, event_day)
-                  ON c.buyer_id = k.buyer_id AND c.event_day = k.event_day
-                WHERE c.kind = 'refund' GROUP BY 1, 2""",
-                (buyer_ids, days),
+                "SELECT subject, used FROM limit_counters"
+                f" WHERE kind = '{LimitKind.BUYER_REFUNDS}' AND subject = ANY({refund_sql})",
+                (refund_subjects,),
             ),
         ]
+        if keys.event_ids is not None:
+            ids_sql, ids = _key_list(keys.event_ids)
+            queries.append(
+                (f"SELECT event_id::text FROM decisions WHERE event_id = ANY({ids_sql}::uuid[])",
+                 (ids,))
+            )  # fmt: skip
         probe = pending[0][0].envelope.event_id if pending else None
         if probe is not None:
             queries.append(
                 ("SELECT event_id::text FROM decisions WHERE event_id = %s::uuid", (probe,))
             )
         queries.append(("COMMIT", ()))
-        _, _, decided, cases, compensated, refunds, *probed, _ = _fetch_pipelined(conn, queries)
+        _, _, decided, cases, compensated, refunds, *extra, _ = _fetch_pipelined(conn, queries)
+        known = extra.pop(0) if keys.event_ids is not None else []
         history = StoredHistory(
             case_status={(o, t): s for o, t, s in cases},
             compensated={(o, t) for o, t in compensated},
-            buyer_refunds={(b, d): n for b, d, n in refunds},
+            buyer_refunds={subjects[subject]: n for subject, n in refunds},
         )
+        history.decided_event_ids.update(event_id for (event_id,) in known)
         # An event is known if its order's decisions include it: a redelivery keeps its order.
-        # (An id reused under another order is still caught by the insert's ON CONFLICT.)
+        # (An id reused under another order fails the insert's unique key; the read after that
+        # conflict looks the batch's ids up themselves.)
         for order_id, event_id, payment, forged in decided:
             history.decided_event_ids.add(event_id)
             if payment:
                 history.payment_attempts[order_id] = history.payment_attempts.get(order_id, 0) + 1
             if forged:
                 history.revoked_orders.add(order_id)
-        if probe is not None and not probed[0]:  # the pending batch is not committed yet
+        if probe is not None and not extra[0]:  # the pending batch is not committed yet
             for event, decision in pending:
                 history.decided_event_ids.add(event.envelope.event_id)
                 history.advance(event, decision)
         return history
 
-    def save_decisions(self, rows: Sequence[DecisionRow]) -> Saved:
-        """Write the batch in one transaction, its outcomes as one outbox batch."""
-        if not rows:
-            return Saved([], None)
-        try:
-            return self._save(rows)
-        except psycopg.Error:
-            self.reset()
-            raise
+    def claim_partitions(self, partitions: Iterable[Partition], owner: str) -> dict[Partition, int]:
+        """Make this worker the owner of these partitions in Postgres: a new epoch each, taken
+        after any write in progress under an older one has finished (see migration 0007)."""
+        wanted = sorted(partitions)
+        if not wanted:
+            return {}
+        with self._resetting():
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(
+                    CLAIM_LEASES,
+                    (owner, [t for t, _ in wanted], [p for _, p in wanted]),
+                ).fetchall()
+            return {(t, p): epoch for t, p, epoch in rows}
 
-    def _save(self, rows: Sequence[DecisionRow]) -> Saved:
-        """COPY the batch into the connection's staging table (one row per decision, the only
-        per-event work on the Python side), then let Postgres fan it out into the tables with
-        INSERT ... SELECT statements sent in one pipeline. The fast path assumes every decision is
-        new (the history read said so); if another worker wrote one meanwhile, the unique key
-        fails it and the keyed path writes the batch again, skipping what is there."""
-        conn = self._connection()
-        started = time.perf_counter()
-        try:
-            saved = self._write(conn, rows, keyed=False)
-        except psycopg.errors.UniqueViolation:
-            saved = self._write(conn, rows, keyed=True)
-        self.last_transaction_s = time.perf_counter() - started
-        return saved
+    def save_decisions(
+        self,
+        rows: Sequence[DecisionRow],
+        claims: Sequence[LimitClaim] = (),
+        leases: Mapping[Partition, int] | None = None,
+    ) -> str | None:
+        """Write the batch in one transaction: its decisions and their effects, its claims on
+        the limit counters, its outcomes as one outbox batch (whose id is returned; None when
+        there were no rows). With `leases`, the transaction first checks that these partitions
+        are still this worker's at these epochs. Raises WriteConflict when another worker's
+        commit made the batch stale and Fenced when it claimed one of the partitions; either way
+        nothing was written."""
+        if not rows and not leases:
+            return None
+        with self._resetting():
+            conn = self._connection()
+            started = time.perf_counter()
+            try:
+                batch_id = self._write(conn, rows, claims, leases or {})
+            except psycopg.errors.UniqueViolation as exc:
+                raise WriteConflict(f"another worker wrote {exc.diag.constraint_name}") from exc
+            except psycopg.errors.CheckViolation as exc:
+                if exc.diag.constraint_name != LIMIT_CHECK:
+                    raise
+                raise WriteConflict("a limit counter moved past what the batch relied on") from exc
+            self.last_transaction_s = time.perf_counter() - started
+            return batch_id
 
     def _write(
-        self, conn: psycopg.Connection[Any], rows: Sequence[DecisionRow], keyed: bool
-    ) -> Saved:
-        batch_id = str(uuid.uuid4())
-        existing: set[str] = set()
+        self,
+        conn: psycopg.Connection[Any],
+        rows: Sequence[DecisionRow],
+        claims: Sequence[LimitClaim],
+        leases: Mapping[Partition, int],
+    ) -> str | None:
+        """COPY the batch into the connection's staging table (one row per decision, the only
+        per-event work on the Python side), then let Postgres fan it out into the tables with
+        INSERT ... SELECT statements sent in one pipeline."""
+        batch_id = str(uuid.uuid4()) if rows else None
         with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(COPY_STAGE) as copy:
-                copy.set_types(STAGE_TYPES)
-                write_row = copy.write_row
-                for seq, r in enumerate(rows):
-                    write_row((seq, *_stage_values(r)))
-            if keyed and cur.execute(INSERT_DECISIONS).rowcount != len(rows):
-                existing = {row[0] for row in cur.execute(DROP_EXISTING).fetchall()}
+            if rows:
+                with cur.copy(COPY_STAGE) as copy:
+                    copy.set_types(STAGE_TYPES)
+                    write_row = copy.write_row
+                    for seq, r in enumerate(rows):
+                        write_row((seq, *_stage_values(r)))
             with conn.pipeline():
-                if not keyed:
+                held = None
+                if leases:
+                    tps = sorted(leases)
+                    held = conn.execute(
+                        HOLD_LEASES,
+                        ([t for t, _ in tps], [p for _, p in tps], [leases[tp] for tp in tps]),
+                    )
+                if rows:
                     conn.execute(INSERT_NEW_DECISIONS)
-                for statement in FAN_OUT:
-                    conn.execute(statement)
-                outbox = conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
-            written = outbox.rowcount == 1
-        fresh = [r.event_id for r in rows if r.event_id not in existing]
-        return Saved(fresh, batch_id if written else None)
+                    for statement in FAN_OUT:
+                        conn.execute(statement)
+                    conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
+                if claims:
+                    conn.execute(
+                        UPSERT_LIMITS,
+                        (
+                            [str(c.kind) for c in claims],
+                            [c.subject for c in claims],
+                            [c.delta for c in claims],
+                            [c.ceiling for c in claims],
+                        ),
+                    )
+            if held is not None:
+                lost = set(leases) - set(held.fetchall())
+                if lost:
+                    raise Fenced(lost)  # rolls the transaction back
+        return batch_id
 
     def mark_published(self, batch_ids: Sequence[str]) -> None:
         """Mark outbox batches published: one row per batch, whatever its size."""
         if not batch_ids:
             return
-        try:
+        with self._resetting():
             conn = self._connection()
             with conn.transaction():
                 # Losing this mark in a crash only means a resend with the same outcome ids, so
                 # it need not wait for the WAL flush.
                 conn.execute("SET LOCAL synchronous_commit = off")
-                conn.execute(
-                    "UPDATE outbox_batches SET published_at = now()"
-                    " WHERE batch_id = ANY(%s::uuid[]) AND published_at IS NULL",
-                    (list(batch_ids),),
-                )
-        except psycopg.Error:
-            self.reset()
-            raise
+                conn.execute(MARK_PUBLISHED, (list(batch_ids),))
 
-    def unpublished(self, older_than_s: float, limit: int) -> list[OutboxBatch]:
-        """Outbox batches a crash left behind, oldest first, up to `limit` batches. Batches
-        younger than `older_than_s` are skipped: their own worker is most likely publishing them
-        right now."""
-        try:
+    def publish_unpublished_holding(
+        self, event_ids: Sequence[str], published: Sequence[str], publish: Publish
+    ) -> int:
+        """Send the unpublished outbox batches holding any of these decisions, oldest first, and
+        mark them; return how many outcomes went out. For a batch that met decisions already
+        written: a crash (or a zombie) may have left their outcomes unsent, and they must reach
+        the topic before anything newer of the same orders. `published`: batches the caller
+        knows it sent (their marks may still be on the way)."""
+        if not event_ids:
+            return 0
+        with self._resetting():
             conn = self._connection()
             with conn.transaction():
-                found = conn.execute(
-                    """SELECT batch_id::text, order_ids, payloads FROM outbox_batches
-                       WHERE published_at IS NULL
-                         AND created_at < now() - make_interval(secs => %s)
-                       ORDER BY created_at LIMIT %s""",
-                    (older_than_s, limit),
-                ).fetchall()
-            return [
-                OutboxBatch(b, [(k, bytes(p)) for k, p in zip(keys, payloads, strict=True)])
-                for b, keys, payloads in found
-            ]
-        except psycopg.Error:
-            self.reset()
-            raise
+                params = (list(event_ids), list(published))
+                return self._publish_locked(conn, UNPUBLISHED_HOLDING, params, publish)
+
+    def relay_unpublished(self, older_than_s: float, limit: int, publish: Publish) -> int:
+        """The outbox relay's pass: send outbox batches a crash left behind (older than
+        `older_than_s`: younger ones are most likely being published by their own worker right
+        now), oldest first, up to `limit` batches; return how many outcomes went out. One pass
+        runs at a time across all workers; a worker whose relay finds another pass under way
+        sends nothing (0)."""
+        with self._resetting():
+            conn = self._connection()
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT pg_try_advisory_xact_lock(%s)", (RELAY_LOCK_KEY,)
+                ).fetchone()
+                if not (row and row[0]):
+                    return 0
+                return self._publish_locked(
+                    conn, UNPUBLISHED_OLDER_THAN, (older_than_s, limit), publish
+                )
+
+    @staticmethod
+    def _publish_locked(
+        conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...], publish: Publish
+    ) -> int:
+        """Inside the caller's transaction: lock the batches, send them, mark them."""
+        found = conn.execute(query, params).fetchall()
+        if not found:
+            return 0
+        batches = [
+            OutboxBatch(b, [(k, bytes(p)) for k, p in zip(keys, payloads, strict=True)])
+            for b, keys, payloads in found
+        ]
+        publish(batches)
+        conn.execute(MARK_PUBLISHED, ([b.batch_id for b in batches],))
+        return sum(len(b.messages) for b in batches)
 
     def outbox_backlog(self) -> int:
         """Outcomes written but not yet marked published."""
-        try:
+        with self._resetting():
             conn = self._connection()
             with conn.transaction():
                 row = conn.execute(
@@ -408,6 +532,12 @@ class PostgresStore:
                     " WHERE published_at IS NULL"
                 ).fetchone()
             return int(row[0]) if row else 0
+
+    @contextmanager
+    def _resetting(self) -> Iterator[None]:
+        """Drop the connection after a driver error, so the caller's retry starts clean."""
+        try:
+            yield
         except psycopg.Error:
             self.reset()
             raise
