@@ -1,6 +1,7 @@
 """The fault campaign's short variant (the full one is `make chaos`, docs/reliability.md): real
-workers, a feed of dependent events and poison, two SIGKILLs of a worker restarted 1-3 s later and
-a third worker joining and leaving, then every invariant of the campaign's checker at 0."""
+workers, a feed of dependent events and poison of every kind (an oversized record included), two
+SIGKILLs of a worker restarted 1-3 s later and a third worker joining and leaving, then every
+invariant of the campaign's checker at 0."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ from order_recovery.config import Settings
 from tests.chaos.campaign import Config, report, run
 from tests.chaos.faults import WORKER_JOIN, WORKER_KILL, WORKER_LEAVE, Counts
 
-#: Oversized records stay out until the worker dead-letters them truncated (issue 15, defect d):
-#: today the dead letter is too big to send and the worker stops on it.
-OVERSIZED = 0
-
 
 def test_a_short_fault_campaign_comes_out_clean(
     kafka_bootstrap: str, postgres_admin_url: str, server_settings: Settings, tmp_path: Path
@@ -26,7 +23,7 @@ def test_a_short_fault_campaign_comes_out_clean(
         runtime="confluent",
         events=3000,
         counts=Counts(kills=2, pauses=0, postgres_kills=0, kafka_kills=0, rebalances=1),
-        oversized=OVERSIZED,
+        oversized=1,
         drain_timeout_s=120,
         out_dir=tmp_path,
         base=base,
