@@ -21,9 +21,9 @@ import psycopg
 
 from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import BatchResult, SourceRecord
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.stored_history import StoredHistory
 from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder

@@ -11,11 +11,11 @@ import pytest
 
 from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
+from order_recovery.bootstrap import Worker
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import Pipeline, SourceRecord
 from order_recovery.domain.contract import validate_outcome
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import Pipeline, SourceRecord
-from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 from tests.support.pipeline_run import PRODUCED_MS
 from tests.support.pipelines import PipelineBuilder

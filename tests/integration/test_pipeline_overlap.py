@@ -22,9 +22,9 @@ from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessa
 from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
 from order_recovery.adapters.retry import PublishFailed
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import BatchResult, Pipeline, SourceRecord
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
-from order_recovery.stored_history import StoredHistory
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions

@@ -21,10 +21,10 @@ import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
 from order_recovery.adapters.postgres.store import DecisionRow, PostgresStore
+from order_recovery.bootstrap import Worker
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import SourceRecord
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import SourceRecord
-from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.unit.domain.factories import shipping_delay

@@ -11,8 +11,8 @@ from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import Pipeline
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import Pipeline
 
 
 class PipelineBuilder:

@@ -21,7 +21,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from order_recovery.faults import WriteConflict
+from order_recovery.core.faults import WriteConflict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from order_recovery.adapters.kafka_admin import KafkaUnavailable
 from order_recovery.config import DLQ_SUFFIX, EXCEPTION_TYPES, Settings
-from order_recovery.headers import (
+from order_recovery.core.headers import (
     DLQ_ERROR_CLASS,
     DLQ_FAILED_AT,
     DLQ_ID,

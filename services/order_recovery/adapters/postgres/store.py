@@ -27,11 +27,11 @@ from typing import Any
 import psycopg
 from msgspec import Struct
 
+from order_recovery.core.faults import Fenced, WriteConflict
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
-from order_recovery.faults import Fenced, WriteConflict
-from order_recovery.stored_history import StoredHistory
 
 #: A partition of a source topic, as (topic, partition).
 Partition = tuple[str, int]

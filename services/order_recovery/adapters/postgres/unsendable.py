@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from order_recovery.adapters.kafka_producer import OutgoingMessage
-from order_recovery.records import DeadLetter
+from order_recovery.core.records import DeadLetter
 
 INSERT = """INSERT INTO unsendable_dead_letters (
         source_topic, source_partition, source_offset, dlq_topic, error_class, error_message,

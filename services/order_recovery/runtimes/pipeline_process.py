@@ -31,9 +31,9 @@ from typing import Any
 
 import msgspec
 
+from order_recovery.bootstrap import EXIT_BUG, Worker
 from order_recovery.config import Settings
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.worker import EXIT_BUG, Worker
+from order_recovery.core.pipeline import BatchResult, SourceRecord
 
 log = logging.getLogger(__name__)
 

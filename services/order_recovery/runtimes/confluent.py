@@ -27,9 +27,9 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from order_recovery.bootstrap import Worker
 from order_recovery.config import Settings
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.worker import Worker
+from order_recovery.core.pipeline import BatchResult, SourceRecord
 
 log = logging.getLogger(__name__)
 

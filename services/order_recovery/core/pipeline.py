@@ -55,7 +55,10 @@ from order_recovery.adapters.postgres.store import (
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy, transient_cause
 from order_recovery.config import Settings
-from order_recovery.dead_letters import DeadLetterSender
+from order_recovery.core.dead_letters import DeadLetterSender
+from order_recovery.core.faults import Fenced, WriteConflict
+from order_recovery.core.intake import check_event_time, check_size
+from order_recovery.core.records import DeadLetter, SourceRecord
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.decision import Decision, Outcome
 from order_recovery.domain.errors import (
@@ -73,9 +76,6 @@ from order_recovery.domain.limits import LimitClaim, LimitUse, fold_claims, limi
 from order_recovery.domain.outcome import outcome_json
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.rules import decide
-from order_recovery.faults import Fenced, WriteConflict
-from order_recovery.intake import check_event_time, check_size
-from order_recovery.records import DeadLetter, SourceRecord
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessa
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.config import Settings
-from order_recovery.headers import (
+from order_recovery.core.headers import (
     DLQ_ATTEMPT,
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -40,7 +40,7 @@ from order_recovery.headers import (
     DLQ_WORKER_ID,
     dead_letter_id,
 )
-from order_recovery.records import DeadLetter
+from order_recovery.core.records import DeadLetter
 
 log = logging.getLogger(__name__)
 

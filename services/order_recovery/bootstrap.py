@@ -13,9 +13,9 @@ from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
 from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.retry import TRANSIENT_CAUSES, RetryPolicy, transient_cause
 from order_recovery.config import EXCEPTION_TYPES, Settings
+from order_recovery.core.pipeline import DEAD_LETTER_REASONS, RULE_ERROR, Pipeline
 from order_recovery.domain.decision import Outcome
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import DEAD_LETTER_REASONS, RULE_ERROR, Pipeline
 
 log = logging.getLogger(__name__)
 
