@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from order_recovery.config import Settings
-from order_recovery.core.pipeline import SourceRecord
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.sample import sample_events
 from tests.support.kafka_io import read_topic, set_topic_config
 from tests.support.pipeline_run import PRODUCED_MS, Run

@@ -19,9 +19,10 @@ from typing import Any
 import orjson
 import psycopg
 
-from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
+from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.config import Settings
-from order_recovery.core.pipeline import BatchResult, SourceRecord
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import Decided, HistoryKeys, SourceRecord
 from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.policy import load_policies
 from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
@@ -50,7 +51,7 @@ class RacingStore(PostgresStore):
             self.barrier.wait(10)
         return history
 
-    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
+    def save_decisions(self, rows: Sequence[Decided], *args: Any) -> str | None:
         self.writes += 1
         if self.writes == 1 and self.write_after is not None:
             assert self.write_after.wait(10), "the first worker never finished"

@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 import psycopg
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
-from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
-from order_recovery.adapters.retry import PublishFailed
+from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.config import Settings
-from order_recovery.core.pipeline import BatchResult, Pipeline, SourceRecord
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.faults import PublishFailed, Transient
+from order_recovery.core.pipeline import Pipeline
+from order_recovery.core.records import Decided, HistoryKeys, OutgoingMessage, SourceRecord
 from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.sample import sample_events
 from tests.support.kafka_io import read_topic
@@ -71,11 +73,11 @@ class SlowWriter(PostgresStore):
         super().__init__(dsn)
         self.delay_s, self.fail_first, self.writes = delay_s, fail_first, 0
 
-    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
+    def save_decisions(self, rows: Sequence[Decided], *args: Any) -> str | None:
         self.writes += 1
         time.sleep(self.delay_s)
         if self.writes <= self.fail_first:
-            raise psycopg.OperationalError("simulated: connection lost before the write")
+            raise Transient("simulated: connection lost before the write", "pg_unavailable")
         return super().save_decisions(rows, *args)
 
 

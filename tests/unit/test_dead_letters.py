@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from order_recovery.adapters.kafka_producer import OutgoingMessage, Refused
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.config import Settings
 from order_recovery.core import headers as h
@@ -18,7 +17,8 @@ from order_recovery.core.dead_letters import (
     DeadLetterSender,
     dead_letter_message,
 )
-from order_recovery.core.records import DeadLetter, SourceRecord
+from order_recovery.core.faults import Refused
+from order_recovery.core.records import DeadLetter, OutgoingMessage, SourceRecord
 
 AT = datetime(2025, 6, 2, 10, tzinfo=UTC)
 SETTINGS = Settings(worker_id="w-1", max_record_bytes=64 * 1024)

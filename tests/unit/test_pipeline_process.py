@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from order_recovery.core.pipeline import BatchResult, SourceRecord
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
 from order_recovery.runtimes.pipeline_process import (
     Batch,
     Drained,

@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import faust
 
 from order_recovery.config import Settings
-from order_recovery.core.pipeline import SourceRecord
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.policy import load_policies
 from order_recovery.runtimes.pipeline_process import (
     Assigned,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from order_recovery.config import Settings
-from order_recovery.core.pipeline import SourceRecord
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.sample import sample_events
 from tests.integration.recoveryctl.conftest import Run
 from tests.integration.recoveryctl.feed import read_all
