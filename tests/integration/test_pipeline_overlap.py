@@ -10,9 +10,7 @@ in flight would decide differently from the reference.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -26,35 +24,10 @@ from order_recovery.core.faults import PublishFailed, Transient
 from order_recovery.core.pipeline import Pipeline
 from order_recovery.core.records import Decided, HistoryKeys, OutgoingMessage, SourceRecord
 from order_recovery.core.stored_history import StoredHistory
-from order_recovery.domain.sample import sample_events
+from tests.support.dependent_feed import GROUP, dependent_feed
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
-
-GROUP = 20  # orders per batch
-ROUNDS = 4  # batches each group of orders appears in (the 4th crosses the 3-attempt limit)
-
-
-def dependent_feed(groups: int, seed: int) -> list[dict[str, Any]]:
-    """Batches of GROUP events; the ROUNDS-1 batches after each come back to the same orders
-    with new events a few minutes later."""
-    unique = {e["event_id"]: e for e in sample_events(2 * groups * GROUP, seed=seed)}
-    base = list(unique.values())[: groups * GROUP]
-    feed: list[dict[str, Any]] = []
-    for g in range(0, len(base), GROUP):
-        for round_ in range(ROUNDS):
-            for event in base[g : g + GROUP]:
-                later = datetime.fromisoformat(event["occurred_at"]) + timedelta(minutes=round_)
-                feed.append(
-                    {
-                        **event,
-                        "event_id": str(
-                            uuid.uuid5(uuid.NAMESPACE_OID, f"{event['event_id']}/{round_}")
-                        ),
-                        "occurred_at": later.isoformat(),
-                    }
-                )
-    return feed
 
 
 def records(settings: Settings, events: list[dict[str, Any]]) -> list[SourceRecord]:
