@@ -26,18 +26,10 @@ from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import EXCEPTION_TYPES, Settings
+from order_recovery.core import ports
 from order_recovery.core.dead_letters import DEAD_LETTER_REASONS, RULE_ERROR
 from order_recovery.core.faults import TRANSIENT_CAUSES, transient_cause
 from order_recovery.core.pipeline import Pipeline
-from order_recovery.core.ports import (
-    Clock,
-    DecisionStore,
-    HistoryReader,
-    MarkPublished,
-    Publisher,
-    Retry,
-    UnsendableLetters,
-)
 from order_recovery.domain.decision import Outcome
 from order_recovery.domain.policy import Policy, load_policies
 
@@ -59,14 +51,14 @@ def build_pipeline(
     settings: Settings,
     policies: Mapping[str, Policy] | None = None,
     *,
-    store: DecisionStore | None = None,
-    reader: HistoryReader | None = None,
-    publisher: Publisher | None = None,
-    unsendable: UnsendableLetters | None = None,
+    store: ports.DecisionStore | None = None,
+    reader: ports.HistoryReader | None = None,
+    publisher: ports.Publisher | None = None,
+    unsendable: ports.UnsendableLetters | None = None,
     metrics: WorkerMetrics | None = None,
-    retry: Retry | None = None,
-    mark_published: MarkPublished | None = None,
-    clock: Clock | None = None,
+    retry: ports.Retry | None = None,
+    mark_published: ports.MarkPublished | None = None,
+    clock: ports.Clock | None = None,
 ) -> Pipeline:
     """A pipeline on these parts, the real adapters for those not given (no reader: batches are
     not overlapped; no `mark_published`: each outbox batch is marked in its own transaction)."""
@@ -91,11 +83,11 @@ def bootstrap(
     *,
     runtime: str,
     on_wait: Callable[[], None] = lambda: None,
-    store: DecisionStore | None = None,
-    reader: HistoryReader | None = None,
-    relay_store: DecisionStore | None = None,
-    publisher: Publisher | None = None,
-    unsendable: UnsendableLetters | None = None,
+    store: ports.DecisionStore | None = None,
+    reader: ports.HistoryReader | None = None,
+    relay_store: ports.DecisionStore | None = None,
+    publisher: ports.Publisher | None = None,
+    unsendable: ports.UnsendableLetters | None = None,
     metrics: WorkerMetrics | None = None,
 ) -> Worker:
     """A worker process's parts, built and wired; its background threads start with
@@ -184,7 +176,7 @@ class Worker:
         pipeline: Pipeline,
         metrics: WorkerMetrics,
         readiness: Readiness,
-        relay_store: DecisionStore,
+        relay_store: ports.DecisionStore,
         closing: Sequence[_Closeable] = (),
     ) -> None:
         self.settings = settings
@@ -257,7 +249,7 @@ class Worker:
         finally:
             store.close()
 
-    def relay_once(self, store: DecisionStore) -> int:
+    def relay_once(self, store: ports.DecisionStore) -> int:
         """Publish what crashes left in the outbox; return how many outcomes were sent. One
         worker's relay runs at a time (see `DecisionStore.relay_unpublished`)."""
         sent = store.relay_unpublished(

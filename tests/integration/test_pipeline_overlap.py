@@ -24,7 +24,7 @@ from order_recovery.core.faults import PublishFailed, Transient
 from order_recovery.core.pipeline import Pipeline
 from order_recovery.core.records import Decided, HistoryKeys, OutgoingMessage, SourceRecord
 from order_recovery.core.stored_history import StoredHistory
-from tests.support.dependent_feed import GROUP, dependent_feed
+from tests.support.dependent_feed import GROUP, assert_results_in_order, dependent_feed
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
@@ -101,13 +101,6 @@ def assert_decided_like_the_reference(settings: Settings, events: list[dict[str,
         for k, d in expected.items()
         if d.compensation is not None
     }
-
-
-def assert_results_in_order(results: list[BatchResult], batches: int, decided: int) -> None:
-    assert len(results) == batches
-    offsets = [max(r.commit_offsets.values()) for r in results]
-    assert offsets == sorted(offsets) and offsets[-1] == batches * GROUP
-    assert sum(r.decided for r in results) == decided
 
 
 def test_the_feed_really_depends_on_the_batch_before() -> None:

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from order_recovery.core.batch import BatchResult
 from order_recovery.domain.sample import sample_events
 
 GROUP = 20  # orders per batch
@@ -36,3 +37,11 @@ def dependent_feed(groups: int, seed: int) -> list[dict[str, Any]]:
                     }
                 )
     return feed
+
+
+def assert_results_in_order(results: list[BatchResult], batches: int, decided: int) -> None:
+    """One result per batch of GROUP records, in offset order, deciding `decided` in all."""
+    assert len(results) == batches
+    offsets = [max(r.commit_offsets.values()) for r in results]
+    assert offsets == sorted(offsets) and offsets[-1] == batches * GROUP
+    assert sum(r.decided for r in results) == decided

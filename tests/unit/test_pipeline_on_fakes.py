@@ -31,7 +31,8 @@ from order_recovery.domain.events import Event
 from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from tests.fakes import InMemoryStore, KeptLetters, RecordingPublisher
-from tests.support.dependent_feed import GROUP, dependent_feed
+from tests.support.dependent_feed import GROUP, assert_results_in_order, dependent_feed
+from tests.support.racing import RacingStore
 from tests.support.reference import expected_decisions
 from tests.unit.domain.factories import H, logistics_exception, shipping_delay
 
@@ -131,13 +132,6 @@ def assert_decided_like_the_reference(store: InMemoryStore, events: list[dict[st
     assert {k: d.decision.compensation for k, d in store.decisions.items()} == {
         k: d.compensation for k, d in expected.items()
     }
-
-
-def assert_results_in_order(results: list[BatchResult], batches: int, decided: int) -> None:
-    assert len(results) == batches
-    offsets = [max(r.commit_offsets.values()) for r in results]
-    assert offsets == sorted(offsets) and offsets[-1] == batches * GROUP
-    assert sum(r.decided for r in results) == decided
 
 
 # ---------------------------------------------------------------------------- one batch
@@ -351,41 +345,13 @@ def test_an_event_id_reused_under_another_order_is_found_on_the_fresh_read() -> 
 
 
 # ---------------------------------------------------------------------------- other workers
-class RacingStore:
-    """One worker's view of a shared store: its first read meets the other worker's at a
-    barrier (neither sees the other's batch), and its first write waits for `write_after`."""
-
-    def __init__(
-        self, shared: InMemoryStore, barrier: threading.Barrier, write_after: threading.Event
-    ) -> None:
-        self.shared, self.barrier, self.write_after = shared, barrier, write_after
-        self.reads = self.writes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.shared, name)
-
-    def load_history(self, keys: HistoryKeys, pending: Any = ()) -> StoredHistory:
-        history = self.shared.load_history(keys, pending)
-        self.reads += 1
-        if self.reads == 1:
-            self.barrier.wait(5)
-        return history
-
-    def save_decisions(self, decided: Sequence[Decided], *args: Any) -> str | None:
-        self.writes += 1
-        if self.writes == 1:
-            assert self.write_after.wait(5)
-        return self.shared.save_decisions(decided, *args)
-
-
 def race(
     first: list[SourceRecord], second: list[SourceRecord]
 ) -> tuple[InMemoryStore, RacingStore, RecordingPublisher]:
     """Both read before either writes; the first writes first, the second only after it."""
     shared, published = InMemoryStore(), RecordingPublisher()
-    barrier, first_done, go = threading.Barrier(2), threading.Event(), threading.Event()
-    go.set()
-    one = Parts(RacingStore(shared, barrier, go), publisher=published)  # type: ignore[arg-type]
+    barrier, first_done = threading.Barrier(2), threading.Event()
+    one = Parts(RacingStore(shared, barrier), publisher=published)  # type: ignore[arg-type]
     late = RacingStore(shared, barrier, first_done)
     two = Parts(late, publisher=published)  # type: ignore[arg-type]
 
