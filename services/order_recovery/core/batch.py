@@ -36,6 +36,10 @@ from order_recovery.domain.rules import decide as decide_event
 
 log = logging.getLogger(__name__)
 
+#: A batch decided again this many times in a row on fresh reads, and still refused, is logged as
+#: an error: each refusal means another worker committed first, which cannot go on for long.
+CONFLICTS_WORTH_A_WORD = 10
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
@@ -84,6 +88,19 @@ class Batch:
         self.parsed = [p for p in self.parsed if (p[0].topic, p[0].partition) not in lost]
         self.dead = [d for d in self.dead if (d.record.topic, d.record.partition) not in lost]
         self.forget_decisions()
+
+    def refused(self) -> None:
+        """Its write was refused as stale, after a fresh read: another worker's commit."""
+        self.conflicts += 1
+        if self.conflicts % CONFLICTS_WORTH_A_WORD == 0:
+            # A batch that keeps losing on fresh reads has claims its own read cannot satisfy:
+            # a bug in the limits.
+            log.error(
+                "batch of %d records refused %d times in a row on fresh reads; claims %s",
+                len(self.records),
+                self.conflicts,
+                self.claims,
+            )
 
     @property
     def partitions(self) -> set[Partition]:

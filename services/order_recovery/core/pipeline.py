@@ -29,7 +29,6 @@ their records are left to it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -52,12 +51,6 @@ from order_recovery.core.ports import (
 )
 from order_recovery.core.records import Partition, SourceRecord
 from order_recovery.domain.policy import Policy
-
-log = logging.getLogger(__name__)
-
-#: A batch decided again this many times in a row on fresh reads, and still refused, is logged as
-#: an error: each refusal means another worker committed first, which cannot go on for long.
-CONFLICTS_WORTH_A_WORD = 10
 
 
 class _Unpublished(Exception):
@@ -208,16 +201,7 @@ class Pipeline:
                 self._leases.lose(batch, fenced.partitions)
                 continue
             except WriteConflict:
-                batch.conflicts += 1
-                if batch.conflicts % CONFLICTS_WORTH_A_WORD == 0:
-                    # Each conflict is another worker's commit; a batch that keeps losing on
-                    # fresh reads has claims its own read cannot satisfy: a bug in the limits.
-                    log.error(
-                        "batch of %d records refused %d times in a row on fresh reads; claims %s",
-                        len(batch.records),
-                        batch.conflicts,
-                        batch.claims,
-                    )
+                batch.refused()
                 raise
             self._retry.call(lambda: self.outbound.publish(batch), "publish")
             return outbox_batch
