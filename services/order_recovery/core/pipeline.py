@@ -62,6 +62,8 @@ class _Unpublished(Exception):
 
 
 class Pipeline:
+    """The batch state machine: decide, write and publish, overlapped; typed on the ports."""
+
     def __init__(
         self,
         settings: Settings,
