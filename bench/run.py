@@ -47,7 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics  # noqa: E402
+from order_recovery.adapters.kafka_messages import produce_all  # noqa: E402
 from order_recovery.config import Settings  # noqa: E402
+from order_recovery.core.records import OutgoingMessage  # noqa: E402
 from order_recovery.domain.sample import sample_events  # noqa: E402
 from tests.support.databases import admin_url, scratch_database  # noqa: E402
 
@@ -78,16 +80,7 @@ def preload(settings: Settings, events: list[dict[str, Any]]) -> None:
             "compression.type": "lz4",
         }
     )
-    for i, event in enumerate(events):
-        topic, key, value = _message(settings, event)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 10000 == 0:
-            producer.poll(0)
+    produce_all(producer, (OutgoingMessage(*_message(settings, e)) for e in events))
     assert producer.flush(60) == 0
 
 

@@ -32,11 +32,12 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 from order_recovery.config import Settings  # noqa: E402
+from order_recovery.ops.stats import TARGET_RECOVERY_RATE  # noqa: E402
 from tests.support.databases import admin_url, scratch_database  # noqa: E402
 from tests.support.known_mix import recovery_rates  # noqa: E402
 from tests.support.observed_mix import ObservedMix, observed_known_mix  # noqa: E402
 
-TARGET = 0.92
+TARGET = TARGET_RECOVERY_RATE
 PANELS = (
     ("event_type", "Recovery rate by exception type (5 m)"),
     ("platform", "Recovery rate by platform (5 m)"),
@@ -68,7 +69,9 @@ def render(mix: ObservedMix, out: Path) -> None:
                 color=line.get_color(),
             )
             assert abs(values[-1] - expected[name]) < 1e-9, (name, values[-1], expected[name])
-        ax.axhline(TARGET, color="crimson", linestyle="--", linewidth=1.5, label="target 92%")
+        ax.axhline(
+            TARGET, color="crimson", linestyle="--", linewidth=1.5, label=f"target {TARGET:.0%}"
+        )
         ax.set_title(title)
         ax.set_ylim(0, 1.02)
         ax.margins(x=0.1)

@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from psycopg.conninfo import make_conninfo
+from order_recovery.domain.events import EventType
 
-EXCEPTION_TYPES: tuple[str, ...] = ("payment-timeout", "shipping-delay", "logistics-exception")
+#: The source topics' event types, as the contract names them (one topic each).
+EXCEPTION_TYPES: tuple[str, ...] = tuple(str(t) for t in EventType)
 #: Half the broker's default message.max.bytes (1 MiB): a record under it always fits in its dead
 #: letter whole (value plus a few KiB of headers) on a topic with the broker's defaults, while a
 #: real event is about 1 KiB (only a contrived valid one, twenty 2048-character evidence URIs
@@ -144,6 +145,9 @@ class Settings:
     def with_database(self, dbname: str, **conninfo: str) -> Settings:
         """These settings with every role's DSN pointing at another database (the tests' and the
         bench's scratch databases), and at another server if `conninfo` says so."""
+        # Imported here: the core reads Settings, and importing the core loads no driver.
+        from psycopg.conninfo import make_conninfo
+
         return replace(
             self,
             **{
@@ -154,6 +158,10 @@ class Settings:
 
     def source_topic(self, event_type: str) -> str:
         return f"{self.topic_prefix}{event_type}"
+
+    def event_type_of(self, topic: str) -> str:
+        """The event type a source topic carries (the topic itself if it is not one)."""
+        return topic.removeprefix(self.topic_prefix)
 
     @property
     def source_topics(self) -> tuple[str, ...]:

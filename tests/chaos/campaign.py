@@ -16,10 +16,10 @@ from typing import Any
 
 import psycopg
 
-from order_recovery.adapters.confluent_runtime import consumer_config
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
 from order_recovery.adapters.postgres.migrations import migrate
 from order_recovery.config import Settings
+from order_recovery.runtimes.confluent import consumer_config
 from tests.chaos.checker import CHECKS, Findings, check
 from tests.chaos.faults import (
     KINDS,

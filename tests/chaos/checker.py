@@ -30,13 +30,13 @@ import orjson
 import psycopg
 
 from order_recovery.config import Settings
+from order_recovery.core.headers import DLQ_ERROR_CLASS, DLQ_ID, dead_letter_id
 from order_recovery.domain.contract import event_from_dict
 from order_recovery.domain.decision import ActionType, CompensationKind, Decision
 from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.outcome import outcome_event_id
 from order_recovery.domain.policy import Policy, load_policies
 from order_recovery.domain.rules import decide
-from order_recovery.headers import DLQ_ERROR_CLASS, DLQ_ID, dead_letter_id
 from tests.chaos.feed import Feed
 from tests.support.kafka_io import read_topic
 from tests.support.reference import expected_decisions

@@ -21,10 +21,10 @@ import orjson
 import psycopg
 import pytest
 
+from order_recovery.bootstrap import EXIT_FENCED
 from order_recovery.config import Settings
 from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
-from order_recovery.worker import EXIT_FENCED
 from tests.chaos.feed import FeedProducer, plain_feed
 from tests.chaos.monitor import GroupMonitor
 from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 
 from order_recovery.config import Settings
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import SourceRecord
 from tests.support.kafka_io import read_topic, set_topic_config
 from tests.support.pipeline_run import PRODUCED_MS, Run
 

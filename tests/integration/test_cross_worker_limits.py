@@ -12,49 +12,24 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 import psycopg
 
-from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
+from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.config import Settings
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.stored_history import StoredHistory
 from tests.support.commit_order import assert_decided_like_the_rules_in_commit_order
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
+from tests.support.racing import RacingStore
 from tests.unit.domain.factories import H, logistics_exception, payment_timeout, shipping_delay
 
 CAP = load_policies()["douyin"].risk.max_buyer_refunds_per_day
-
-
-class RacingStore(PostgresStore):
-    """One worker of a race: its first history read meets the other worker's at a barrier (so
-    neither sees the other's batch), and its first write waits until `write_after` is set."""
-
-    def __init__(
-        self, dsn: str, barrier: threading.Barrier, write_after: threading.Event | None
-    ) -> None:
-        super().__init__(dsn)
-        self.barrier, self.write_after = barrier, write_after
-        self.reads = self.writes = 0
-
-    def load_history(self, keys: HistoryKeys, pending: Any = ()) -> StoredHistory:
-        history = super().load_history(keys, pending)
-        self.reads += 1
-        if self.reads == 1:
-            self.barrier.wait(10)
-        return history
-
-    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
-        self.writes += 1
-        if self.writes == 1 and self.write_after is not None:
-            assert self.write_after.wait(10), "the first worker never finished"
-        return super().save_decisions(rows, *args)
 
 
 def event(doc: dict[str, Any], n: str, **over: Any) -> dict[str, Any]:
@@ -84,9 +59,9 @@ def race(
 ) -> tuple[BatchResult, BatchResult, RacingStore]:
     """Both read before either writes; the first writes first, the second only after it."""
     barrier, first_done = threading.Barrier(2), threading.Event()
-    one = build(RacingStore(settings.database_url, barrier, None))
-    second_store = RacingStore(settings.database_url, barrier, first_done)
-    two = build(second_store)
+    one = build(RacingStore(PostgresStore(settings.database_url), barrier))  # type: ignore[arg-type]
+    second_store = RacingStore(PostgresStore(settings.database_url), barrier, first_done)
+    two = build(second_store)  # type: ignore[arg-type]
 
     def run_first() -> BatchResult:
         try:

@@ -20,7 +20,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from order_recovery.config import EXCEPTION_TYPES, Settings
-from order_recovery.pipeline import DEAD_LETTER_REASONS, RULE_ERROR, SourceRecord
+from order_recovery.core.dead_letters import DEAD_LETTER_REASONS, RULE_ERROR
+from order_recovery.core.records import SourceRecord
 from tests.support.fuzz import BASE_DOCS, fuzz_settings, near_valid_docs, raw_bytes
 from tests.support.kafka_io import read_topic, set_topic_config
 from tests.support.pipeline_run import PRODUCED_MS, Run

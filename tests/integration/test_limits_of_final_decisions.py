@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from order_recovery.config import Settings
-from order_recovery.pipeline import SourceRecord
+from order_recovery.core.records import SourceRecord
 from tests.support.pipeline_run import PRODUCED_MS, Run
 from tests.unit.domain.factories import payment_timeout
 

@@ -10,12 +10,14 @@ import psycopg
 import pytest
 
 from order_recovery.adapters.postgres.outbox_marker import OutboxMarker
-from order_recovery.adapters.postgres.store import HistoryKeys, PostgresStore, StoredHistory
+from order_recovery.adapters.postgres.store import PostgresStore
+from order_recovery.bootstrap import bootstrap
 from order_recovery.config import Settings
+from order_recovery.core.pipeline import Pipeline
+from order_recovery.core.records import HistoryKeys, SourceRecord
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.contract import validate_outcome
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import Pipeline, SourceRecord
-from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 from tests.support.pipeline_run import PRODUCED_MS
 from tests.support.pipelines import PipelineBuilder
@@ -183,7 +185,7 @@ def test_the_outbox_relay_resends_what_a_crash_left_unpublished_with_the_same_id
                    created_at = now() - interval '1 minute'
                RETURNING event_ids::text[]"""
         ).fetchall()
-    worker = Worker(settings, runtime="test")
+    worker = bootstrap(settings, runtime="test")
     store = PostgresStore(settings.database_url)
     try:
         assert worker.relay_once(store) == len(events)

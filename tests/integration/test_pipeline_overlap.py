@@ -10,49 +10,24 @@ in flight would decide differently from the reference.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
-from order_recovery.adapters.postgres.store import DecisionRow, HistoryKeys, PostgresStore
-from order_recovery.adapters.retry import PublishFailed
+from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.config import Settings
-from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import BatchResult, Pipeline, SourceRecord
-from order_recovery.stored_history import StoredHistory
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.faults import PublishFailed, Transient
+from order_recovery.core.pipeline import Pipeline
+from order_recovery.core.records import Decided, HistoryKeys, OutgoingMessage, SourceRecord
+from order_recovery.core.stored_history import StoredHistory
+from tests.support.dependent_feed import GROUP, assert_results_in_order, dependent_feed
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
-
-GROUP = 20  # orders per batch
-ROUNDS = 4  # batches each group of orders appears in (the 4th crosses the 3-attempt limit)
-
-
-def dependent_feed(groups: int, seed: int) -> list[dict[str, Any]]:
-    """Batches of GROUP events; the ROUNDS-1 batches after each come back to the same orders
-    with new events a few minutes later."""
-    unique = {e["event_id"]: e for e in sample_events(2 * groups * GROUP, seed=seed)}
-    base = list(unique.values())[: groups * GROUP]
-    feed: list[dict[str, Any]] = []
-    for g in range(0, len(base), GROUP):
-        for round_ in range(ROUNDS):
-            for event in base[g : g + GROUP]:
-                later = datetime.fromisoformat(event["occurred_at"]) + timedelta(minutes=round_)
-                feed.append(
-                    {
-                        **event,
-                        "event_id": str(
-                            uuid.uuid5(uuid.NAMESPACE_OID, f"{event['event_id']}/{round_}")
-                        ),
-                        "occurred_at": later.isoformat(),
-                    }
-                )
-    return feed
 
 
 def records(settings: Settings, events: list[dict[str, Any]]) -> list[SourceRecord]:
@@ -71,11 +46,11 @@ class SlowWriter(PostgresStore):
         super().__init__(dsn)
         self.delay_s, self.fail_first, self.writes = delay_s, fail_first, 0
 
-    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
+    def save_decisions(self, rows: Sequence[Decided], *args: Any) -> str | None:
         self.writes += 1
         time.sleep(self.delay_s)
         if self.writes <= self.fail_first:
-            raise psycopg.OperationalError("simulated: connection lost before the write")
+            raise Transient("simulated: connection lost before the write", "pg_unavailable")
         return super().save_decisions(rows, *args)
 
 
@@ -126,13 +101,6 @@ def assert_decided_like_the_reference(settings: Settings, events: list[dict[str,
         for k, d in expected.items()
         if d.compensation is not None
     }
-
-
-def assert_results_in_order(results: list[BatchResult], batches: int, decided: int) -> None:
-    assert len(results) == batches
-    offsets = [max(r.commit_offsets.values()) for r in results]
-    assert offsets == sorted(offsets) and offsets[-1] == batches * GROUP
-    assert sum(r.decided for r in results) == decided
 
 
 def test_the_feed_really_depends_on_the_batch_before() -> None:

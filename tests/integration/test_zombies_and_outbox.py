@@ -19,12 +19,13 @@ import orjson
 import psycopg
 import pytest
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage
-from order_recovery.adapters.postgres.store import DecisionRow, PostgresStore
+from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.postgres.store import PostgresStore
+from order_recovery.bootstrap import Worker, bootstrap
 from order_recovery.config import Settings
+from order_recovery.core.faults import Transient
+from order_recovery.core.records import Decided, OutgoingMessage, SourceRecord
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import SourceRecord
-from order_recovery.worker import Worker
 from tests.support.kafka_io import read_topic
 from tests.support.pipelines import PipelineBuilder
 from tests.unit.domain.factories import shipping_delay
@@ -125,18 +126,18 @@ def test_a_claim_waits_for_a_write_in_progress_under_the_old_lease(settings: Set
 
 
 # ---------------------------------------------------------------------------- the outbox
-class SlowRelayWorker(Worker):
-    """A worker whose relay takes a while to send, so two relays' passes overlap."""
+class SlowPublisher(KafkaPublisher):
+    """Takes a while to send, so two workers' relay passes overlap."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, runtime="test")
-        send = self.publisher.publish
+    def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        time.sleep(0.5)
+        super().publish(messages)
 
-        def slow(messages: Sequence[OutgoingMessage]) -> None:
-            time.sleep(0.5)
-            send(messages)
 
-        self.publisher.publish = slow  # type: ignore[method-assign]
+def slow_relay_worker(settings: Settings) -> Worker:
+    """A worker whose relay takes a while to send."""
+    publisher = SlowPublisher(settings.kafka_bootstrap_servers, "test-slow")
+    return bootstrap(settings, runtime="test", publisher=publisher)
 
 
 def leave_unpublished(dsn: str) -> None:
@@ -156,7 +157,7 @@ def test_two_workers_relays_send_each_leftover_once(
     for start in range(0, len(events), 10):
         pipeline.process(records(settings, events[start : start + 10], start=start))
     leave_unpublished(settings.database_owner_url)
-    workers = [SlowRelayWorker(settings), SlowRelayWorker(settings)]
+    workers = [slow_relay_worker(settings), slow_relay_worker(settings)]
     stores = [PostgresStore(settings.database_url) for _ in workers]
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -206,11 +207,11 @@ class CommitThenDrop(PostgresStore):
         super().__init__(dsn)
         self.writes = 0
 
-    def save_decisions(self, rows: Sequence[DecisionRow], *args: Any) -> str | None:
+    def save_decisions(self, rows: Sequence[Decided], *args: Any) -> str | None:
         self.writes += 1
         batch = super().save_decisions(rows, *args)
         if self.writes == 1:
-            raise psycopg.OperationalError("simulated: connection lost after the commit")
+            raise Transient("simulated: connection lost after the commit", "pg_unavailable")
         return batch
 
 

@@ -10,7 +10,8 @@ import pytest
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import Settings
-from order_recovery.pipeline import BatchResult, SourceRecord
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
 from tests.support.pipelines import PipelineBuilder
 
 #: The records' broker timestamp: after every sample event (June 2025).

@@ -87,7 +87,7 @@ def test_runtime_defaults_to_confluent_and_rejects_unknown_names() -> None:
 
 
 def test_static_membership_only_when_an_instance_id_is_set() -> None:
-    from order_recovery.adapters.confluent_runtime import consumer_config
+    from order_recovery.runtimes.confluent import consumer_config
 
     dynamic = Settings.from_env({})
     assert dynamic.group_instance_id is None

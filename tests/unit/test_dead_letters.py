@@ -1,4 +1,4 @@
-"""Building dead letters and seeing each one through (order_recovery.dead_letters), against a
+"""Building dead letters and seeing each one through (order_recovery.core.dead_letters), against a
 publisher that refuses what is over a topic's limit the way the broker does. No services."""
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from order_recovery import headers as h
-from order_recovery.adapters.kafka_producer import OutgoingMessage, Refused
 from order_recovery.adapters.metrics import WorkerMetrics
 from order_recovery.config import Settings
-from order_recovery.dead_letters import (
+from order_recovery.core import headers as h
+from order_recovery.core.dead_letters import (
     ERROR_MESSAGE_BYTES,
     TRUNCATED_VALUE_BYTES,
     DeadLetterSender,
     dead_letter_message,
 )
-from order_recovery.records import DeadLetter, SourceRecord
+from order_recovery.core.faults import Refused
+from order_recovery.core.records import DeadLetter, OutgoingMessage, SourceRecord
 
 AT = datetime(2025, 6, 2, 10, tzinfo=UTC)
 SETTINGS = Settings(worker_id="w-1", max_record_bytes=64 * 1024)

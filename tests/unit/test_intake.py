@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from order_recovery.config import DEFAULT_MAX_EVENT_SKEW_S, DEFAULT_MAX_RECORD_BYTES, Settings
+from order_recovery.core.intake import check_event_time, check_size
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain import decode_event
 from order_recovery.domain.errors import EventFromFuture, OversizedRecord
 from order_recovery.domain.sample import sample_events
-from order_recovery.intake import check_event_time, check_size
-from order_recovery.records import SourceRecord
 
 EVENT = decode_event(orjson.dumps(sample_events(1, seed=2)[0]))
 OCCURRED_MS = int(EVENT.envelope.occurred_at.timestamp() * 1000)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from order_recovery.adapters.pipeline_process import (
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
+from order_recovery.runtimes.pipeline_process import (
     Batch,
     Drained,
     Finished,
@@ -16,7 +18,6 @@ from order_recovery.adapters.pipeline_process import (
     _encode,
     _finished,
 )
-from order_recovery.pipeline import BatchResult, SourceRecord
 
 records = st.builds(
     SourceRecord,

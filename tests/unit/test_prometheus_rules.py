@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.ops.stats import TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE
 from tests.support.prometheus import (
     DASHBOARD,
     PROMETHEUS_DIR,
@@ -146,6 +147,20 @@ def test_every_alert_has_a_summary_and_a_runbook_naming_recoveryctl(name: str) -
     assert RECOVERYCTL.search(annotations.get("runbook", "")), annotations.get("runbook")
     assert rule["labels"]["severity"] in {"warning", "critical"}
     assert rule.get("for"), "every alert waits before firing"
+
+
+def test_the_alert_and_dashboard_targets_are_the_ones_the_code_defines() -> None:
+    """The YAML and JSON cannot import a constant: they must say what domain.operations says
+    (through ops.stats, which `recoveryctl stats` judges against)."""
+    alerts = alert_rules()
+    assert f"< {TARGET_RECOVERY_RATE}" in alerts["OrderRecoveryRateBelowTarget"]["expr"]
+    assert f"> {TARGET_MEAN_TTR_S}" in alerts["OrderRecoveryTimeToRecoveryAboveGoal"]["expr"]
+    thresholds = {
+        s["value"]
+        for p in dashboard_panels()
+        for s in p.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    }
+    assert {TARGET_RECOVERY_RATE, TARGET_MEAN_TTR_S} <= thresholds
 
 
 def test_thresholds_match_the_business_figures() -> None:

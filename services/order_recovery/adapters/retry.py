@@ -1,8 +1,8 @@
-"""Retrying transient infrastructure faults: Postgres unreachable or dropped, serialization
-failures, deadlocks, Kafka produce timeouts, and a write that lost a race to another worker (its
-batch is decided again). Exponential backoff with jitter, capped, for as long as
-the fault lasts, so the partition waits and nothing is lost or dead-lettered for an outage. A stop
-request (SIGTERM) ends the wait at once."""
+"""Retrying the core's transient faults (`core.faults.Transient`: Postgres unreachable or dropped,
+serialization failures, deadlocks, Kafka produce timeouts, and a write that lost a race to another
+worker, whose batch is decided again): the core's Retry port on tenacity. Exponential backoff with
+jitter, capped, for as long as the fault lasts, so the partition waits and nothing is lost or
+dead-lettered for an outage. A stop request (SIGTERM) ends the wait at once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import psycopg
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -21,38 +20,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from order_recovery.faults import WriteConflict
+from order_recovery.core.faults import transient_cause
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class PublishFailed(RuntimeError):
-    """Kafka did not acknowledge every message in time (broker down or slow); safe to retry."""
-
-
-TRANSIENT_CAUSES = (
-    "pg_unavailable",
-    "pg_serialization",
-    "pg_deadlock",
-    "kafka_publish",
-    "write_conflict",
-)
-
-
-def transient_cause(exc: BaseException) -> str | None:
-    """A short label for a fault worth retrying, or None for anything else (a bug, bad data)."""
-    if isinstance(exc, psycopg.errors.SerializationFailure):
-        return "pg_serialization"
-    if isinstance(exc, psycopg.errors.DeadlockDetected):
-        return "pg_deadlock"
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return "pg_unavailable"
-    if isinstance(exc, PublishFailed):
-        return "kafka_publish"
-    if isinstance(exc, WriteConflict):
-        return "write_conflict"
-    return None
 
 
 class RetryPolicy:
@@ -63,14 +34,16 @@ class RetryPolicy:
         on_recovered: Callable[[], None] = lambda: None,
         initial_s: float = 0.05,
         max_delay_s: float = 5.0,
+        on_wait: Callable[[], None] = lambda: None,
     ) -> None:
         self.stop = stop
         self._on_retry = on_retry
         self._on_recovered = on_recovered
         self._initial_s = initial_s
         self._max_delay_s = max_delay_s
-        # A runtime may need to do something while a batch waits (keep its group membership).
-        self.on_wait: Callable[[], None] = lambda: None
+        # What the runtime must do while a batch waits (the confluent one keeps its group
+        # membership by polling with its partitions paused).
+        self._on_wait = on_wait
 
     def _sleep(self, seconds: float) -> None:
         """Sleep in short steps, keeping the runtime alive, and wake at once on stop."""
@@ -80,7 +53,7 @@ class RetryPolicy:
             if left <= 0:
                 return
             self.stop.wait(min(left, 1.0))
-            self.on_wait()
+            self._on_wait()
 
     def call(self, fn: Callable[[], T], what: str, after: BaseException | None = None) -> T:
         """Run fn until it succeeds, retrying transient faults; re-raise anything else, and the
@@ -98,7 +71,7 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             cause = transient_cause(exc) if exc else None
             self._on_retry(cause or "unknown")
-            self.on_wait()
+            self._on_wait()
             log.warning(
                 "%s failed (%s: %s); retry %d in %.2fs",
                 what,

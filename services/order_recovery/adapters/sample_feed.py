@@ -4,12 +4,14 @@ confluent-kafka, keyed by order id, at a capped rate."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 from confluent_kafka import Producer
 
+from order_recovery.adapters.kafka_messages import produce_all
 from order_recovery.config import Settings
+from order_recovery.core.records import OutgoingMessage
 from order_recovery.domain.sample import sample_events
 
 CHUNK = 1000
@@ -34,8 +36,10 @@ def produce_sample(
     )
     sent = 0
     started = time.monotonic()
-    chunk_seed = seed
-    try:
+
+    def paced() -> Iterator[OutgoingMessage]:
+        nonlocal sent
+        chunk_seed = seed
         while count == 0 or sent < count:
             size = CHUNK if count == 0 else min(CHUNK, count - sent)
             for event in sample_events(size, seed=chunk_seed):
@@ -44,26 +48,19 @@ def produce_sample(
                     if delay > 0:
                         producer.poll(0)
                         time.sleep(delay)
-                _produce(
-                    producer,
+                yield OutgoingMessage(
                     settings.source_topic(event["event_type"]),
                     event["order_id"].encode(),
                     orjson.dumps(event),
                 )
-                sent += 1
+                sent += 1  # counted once produced: the loop asks for the next one after it
                 if sent % 500 == 0:
                     progress(sent)
             chunk_seed += 1
+
+    try:
+        produce_all(producer, paced())
     finally:
         producer.flush(30)
     progress(sent)
     return sent
-
-
-def _produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.05)

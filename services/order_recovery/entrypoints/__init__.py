@@ -1,0 +1,1 @@
+"""The processes' entry points: `recovery-worker` (picks a runtime) and `recoveryctl`."""

@@ -387,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser(
         "stats",
         parents=[json_flag],
-        help="recovery rate, outcomes, compensation, time to recovery vs the 92%% and 15 min "
-        "targets (exit 1 if a target is missed)",
+        help="recovery rate, outcomes, compensation, time to recovery vs the "
+        f"{TARGET_RECOVERY_RATE:.0%}% and {TARGET_MEAN_TTR_S // 60} min targets (exit 1 if a "
+        "target is missed)",
     )
     stats.add_argument("--since", type=parse_when, help="decided at or after (date or time)")
     stats.add_argument("--until", type=parse_when, help="decided before (date or time)")

@@ -32,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     runtime = args.runtime or settings.runtime
     if runtime == "confluent":
-        from order_recovery.adapters.confluent_runtime import run
+        from order_recovery.runtimes.confluent import run
     else:
-        from order_recovery.adapters.faust_app import run
+        from order_recovery.runtimes.faust_app import run
     try:
         return run(settings)
     except PolicyError as exc:

@@ -22,8 +22,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from order_recovery.adapters.kafka_admin import KafkaUnavailable
+from order_recovery.adapters.kafka_messages import source_record
 from order_recovery.config import DLQ_SUFFIX, EXCEPTION_TYPES, Settings
-from order_recovery.headers import (
+from order_recovery.core.headers import (
     DLQ_ERROR_CLASS,
     DLQ_FAILED_AT,
     DLQ_ID,
@@ -31,6 +32,7 @@ from order_recovery.headers import (
     DLQ_ORIGINAL_TOPIC,
     DLQ_VALUE_TRUNCATED,
 )
+from order_recovery.core.records import SourceRecord
 from order_recovery.ops.output import Advance, UsageError, escape_bytes
 
 TP = tuple[str, int]
@@ -47,6 +49,11 @@ class Letter:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+    @classmethod
+    def of(cls, r: SourceRecord) -> Letter:
+        """The record as read from the topic (`adapters.kafka_messages.source_record`)."""
+        return cls(r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
 
     def header(self, name: str) -> str | None:
         """The last value of a header (a replayed record may carry an older one first)."""
@@ -248,16 +255,7 @@ def scan(
                 if tp not in pending or offset >= pending[tp]:
                     continue
                 seen += 1
-                _, ts = msg.timestamp()
-                yield Letter(
-                    tp[0],
-                    tp[1],
-                    offset,
-                    ts if ts > 0 else None,
-                    msg.key(),
-                    msg.value(),
-                    tuple((k, v or b"") for k, v in (msg.headers() or [])),
-                )
+                yield Letter.of(source_record(msg))
                 last_progress = time.monotonic()
                 if offset + 1 >= pending[tp]:
                     del pending[tp]

@@ -15,7 +15,7 @@ the first in (topic, partition, offset) order is sent, found by reading the topi
 replay's end offsets before sending, so a resumed replay picks the same copy. A truncated dead
 letter is not sent (its value is only the record's head). A record is sent with its original
 timestamp (`dlq.original.timestamp`), so the worker judges its event time against the same
-reference as the first time (see `order_recovery.intake`).
+reference as the first time (see `order_recovery.core.intake`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import orjson
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
 from order_recovery.config import Settings
-from order_recovery.headers import (
+from order_recovery.core.headers import (
     DLQ_ATTEMPT,
     DLQ_PREFIX,
     REPLAY_AT,

@@ -17,12 +17,12 @@ from typing import Any
 
 import psycopg
 
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.contract import event_from_dict
 from order_recovery.domain.errors import InvalidEvent
 from order_recovery.domain.policy import Policy
 from order_recovery.domain.rules import decide
 from order_recovery.ops.output import Advance
-from order_recovery.stored_history import StoredHistory
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-TARGET_RECOVERY_RATE = 0.92
-TARGET_MEAN_TTR_S = 15 * 60
+from order_recovery.domain.operations import MTTR_TARGET, RECOVERY_SUCCESS_TARGET_BP
+
+#: The reference's targets (domain.operations), as the figures compare against them.
+TARGET_RECOVERY_RATE = RECOVERY_SUCCESS_TARGET_BP / 10_000
+TARGET_MEAN_TTR_S = int(MTTR_TARGET.total_seconds())
 GROUPINGS = {"platform": "d.platform", "type": "d.exception_type", "rule": "r.rule_id"}
 
 

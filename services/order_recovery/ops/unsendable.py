@@ -1,5 +1,5 @@
 """Dead letters the broker refused even truncated, which the worker kept in Postgres
-(`unsendable_dead_letters`, see order_recovery.dead_letters): counted by `dlq list`, shown by
+(`unsendable_dead_letters`, see order_recovery.core.dead_letters): counted by `dlq list`, shown by
 `dlq unsendable`."""
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from order_recovery.config import Settings
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.sample import sample_events
-from order_recovery.pipeline import SourceRecord
 from tests.integration.recoveryctl.conftest import Run
 from tests.integration.recoveryctl.feed import read_all
 from tests.support.kafka_io import set_topic_config

@@ -9,9 +9,9 @@ from datetime import UTC
 import pytest
 from hypothesis import event, given
 
+from order_recovery.core.dead_letters import DEAD_LETTER_REASONS
 from order_recovery.domain import InvalidEvent, LogisticsException, PaymentTimeout, decode_event
 from order_recovery.domain.history import business_day
-from order_recovery.pipeline import DEAD_LETTER_REASONS
 from tests.support.fuzz import Doc, fuzz_settings, near_valid_docs, raw_bytes
 
 from .factories import POLICIES

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from order_recovery.adapters.postgres.store import PostgresStore
-from order_recovery.adapters.retry import transient_cause
+from order_recovery.core.faults import transient_cause
 
 log = logging.getLogger(__name__)
 

@@ -20,77 +20,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
 import psycopg
-from msgspec import Struct
 
+from order_recovery.adapters.postgres.faults import transient
+from order_recovery.core.faults import Fenced, WriteConflict
+from order_recovery.core.ports import Publish
+from order_recovery.core.records import Decided, HistoryKeys, OutboxBatch, Partition
+from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
+from order_recovery.domain.history import business_day
 from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
-from order_recovery.faults import Fenced, WriteConflict
-from order_recovery.stored_history import StoredHistory
-
-#: A partition of a source topic, as (topic, partition).
-Partition = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryKeys:
-    """A batch's orders and (buyer, business day) pairs. Its events need no key of their own:
-    a redelivery keeps its order, so an event is known if its order's decisions include it.
-    `event_ids` only after a write conflict: then the ids are looked up themselves, so that an
-    id reused under another order (a producer's bug) is known too and cannot conflict forever."""
-
-    order_ids: list[str]
-    buyer_days: list[tuple[str, date]]
-    event_ids: list[str] | None = None
-
-
-class DecisionRow(Struct, frozen=True, gc=False):
-    """One decided event, flattened for the tables (a Struct: one is built per decision). The
-    domain's StrEnum members pass as they are: they are str."""
-
-    event_id: str
-    order_id: str
-    exception_type: str
-    platform: str
-    merchant_id: str
-    buyer_id: str
-    category: str
-    amount_fen: int
-    occurred_at: datetime
-    outcome: str
-    rule_ids: tuple[str, ...]
-    risk_flags: tuple[str, ...]
-    reason: str
-    policy_version: str
-    actions: tuple[str, ...]
-    compensation_kind: str | None
-    compensation_fen: int | None
-    event_day: date
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    event_json: str  # the event as received (already validated JSON)
-    outcome_payload: bytes
-    from_status: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxBatch:
-    """A written batch's outcomes, as (message key, payload) in decision order."""
-
-    batch_id: str
-    messages: list[tuple[str, bytes]]
-
-
-#: Sends outbox batches in the order given and returns once the broker has them all; raising
-#: leaves them unmarked (the transaction that locked them rolls back).
-Publish = Callable[[list[OutboxBatch]], None]
-
 
 #: The staging table, created per session: temporary (no WAL), emptied when each batch's transaction
 #: commits (ON COMMIT DELETE ROWS truncates it in place: half the Postgres time of a TRUNCATE
@@ -241,12 +183,14 @@ IDLE_IN_TRANSACTION_S = 20
 
 
 class PostgresStore:
-    """One connection, reopened after a fault; callers retry the whole unit of work."""
+    """The core's DecisionStore (and HistoryReader) on one connection, reopened after a fault;
+    callers retry the whole unit of work. `on_transaction` hears each batch write's transaction
+    time (the worker's metrics)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, on_transaction: Callable[[float], None] | None = None) -> None:
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
-        self.last_transaction_s = 0.0
+        self._on_transaction = on_transaction
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -387,7 +331,7 @@ class PostgresStore:
 
     def save_decisions(
         self,
-        rows: Sequence[DecisionRow],
+        decided: Sequence[Decided],
         claims: Sequence[LimitClaim] = (),
         leases: Mapping[Partition, int] | None = None,
     ) -> str | None:
@@ -397,40 +341,41 @@ class PostgresStore:
         are still this worker's at these epochs. Raises WriteConflict when another worker's
         commit made the batch stale and Fenced when it claimed one of the partitions; either way
         nothing was written."""
-        if not rows and not leases:
+        if not decided and not leases:
             return None
         with self._resetting():
             conn = self._connection()
             started = time.perf_counter()
             try:
-                batch_id = self._write(conn, rows, claims, leases or {})
+                batch_id = self._write(conn, decided, claims, leases or {})
             except psycopg.errors.UniqueViolation as exc:
                 raise WriteConflict(f"another worker wrote {exc.diag.constraint_name}") from exc
             except psycopg.errors.CheckViolation as exc:
                 if exc.diag.constraint_name != LIMIT_CHECK:
                     raise
                 raise WriteConflict("a limit counter moved past what the batch relied on") from exc
-            self.last_transaction_s = time.perf_counter() - started
+            if self._on_transaction is not None:
+                self._on_transaction(time.perf_counter() - started)
             return batch_id
 
     def _write(
         self,
         conn: psycopg.Connection[Any],
-        rows: Sequence[DecisionRow],
+        decided: Sequence[Decided],
         claims: Sequence[LimitClaim],
         leases: Mapping[Partition, int],
     ) -> str | None:
         """COPY the batch into the connection's staging table (one row per decision, the only
         per-event work on the Python side), then let Postgres fan it out into the tables with
         INSERT ... SELECT statements sent in one pipeline."""
-        batch_id = str(uuid.uuid4()) if rows else None
+        batch_id = str(uuid.uuid4()) if decided else None
         with conn.transaction(), conn.cursor() as cur:
-            if rows:
+            if decided:
                 with cur.copy(COPY_STAGE) as copy:
                     copy.set_types(STAGE_TYPES)
                     write_row = copy.write_row
-                    for seq, r in enumerate(rows):
-                        write_row((seq, *_stage_values(r)))
+                    for seq, d in enumerate(decided):
+                        write_row((seq, *_stage_values(d)))
             with conn.pipeline():
                 held = None
                 if leases:
@@ -439,7 +384,7 @@ class PostgresStore:
                         HOLD_LEASES,
                         ([t for t, _ in tps], [p for _, p in tps], [leases[tp] for tp in tps]),
                     )
-                if rows:
+                if decided:
                     conn.execute(INSERT_NEW_DECISIONS)
                     for statement in FAN_OUT:
                         conn.execute(statement)
@@ -535,12 +480,16 @@ class PostgresStore:
 
     @contextmanager
     def _resetting(self) -> Iterator[None]:
-        """Drop the connection after a driver error, so the caller's retry starts clean."""
+        """Drop the connection after a driver error, so the caller's retry starts clean; one a
+        retry may fix is raised as the core's Transient."""
         try:
             yield
-        except psycopg.Error:
+        except psycopg.Error as exc:
             self.reset()
-            raise
+            fault = transient(exc)
+            if fault is None:
+                raise
+            raise fault from exc
 
 
 def _key_list(keys: list[str]) -> tuple[str, str | list[str]]:
@@ -576,32 +525,35 @@ def _fetch_pipelined(
 STAGE_TYPES = [kind for _, kind in STAGE]
 
 
-def _stage_values(r: DecisionRow) -> tuple[Any, ...]:
-    """The row's stage columns after `seq`, in STAGE order."""
+def _stage_values(d: Decided) -> tuple[Any, ...]:
+    """The decision's stage columns after `seq`, in STAGE order: the one per-event flattening of
+    the write, straight from the domain's objects (the StrEnum members pass as they are: str)."""
     sep = LIST_SEPARATOR
+    env, decision, record = d.event.envelope, d.decision, d.record
+    comp = decision.compensation
     return (
-        r.event_id,
-        r.order_id,
-        r.exception_type,
-        r.platform,
-        r.merchant_id,
-        r.buyer_id,
-        r.category,
-        r.amount_fen,
-        r.occurred_at,
-        r.outcome,
-        sep.join(r.rule_ids),
-        sep.join(r.risk_flags),
-        r.reason,
-        r.policy_version,
-        sep.join(r.actions),
-        r.compensation_kind,
-        r.compensation_fen,
-        r.event_day,
-        r.source_topic,
-        r.source_partition,
-        r.source_offset,
-        r.event_json,
-        r.outcome_payload,
-        r.from_status,
+        env.event_id,
+        env.order_id,
+        env.event_type,
+        env.platform,
+        env.merchant_id,
+        env.buyer_id,
+        env.category,
+        env.amount_fen,
+        env.occurred_at,
+        decision.outcome,
+        sep.join(decision.rule_ids),
+        sep.join(decision.risk_flags),
+        decision.reason,
+        decision.policy_version,
+        sep.join(decision.actions),
+        None if comp is None else comp.kind,
+        None if comp is None else comp.amount_fen,
+        business_day(env.occurred_at),
+        record.topic,
+        record.partition,
+        record.offset,
+        (record.value or b"{}").decode(),  # the event as received (already validated JSON)
+        d.outcome_payload,
+        d.from_status,
     )

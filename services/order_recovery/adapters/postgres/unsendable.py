@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from order_recovery.adapters.kafka_producer import OutgoingMessage
-from order_recovery.records import DeadLetter
+from order_recovery.adapters.postgres.faults import in_core_terms
+from order_recovery.core.records import DeadLetter, OutgoingMessage
 
 INSERT = """INSERT INTO unsendable_dead_letters (
         source_topic, source_partition, source_offset, dlq_topic, error_class, error_message,
@@ -27,6 +27,8 @@ def _text(value: str) -> str:
 
 
 class UnsendableStore:
+    """The core's UnsendableLetters in Postgres."""
+
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: psycopg.Connection[Any] | None = None
@@ -36,6 +38,12 @@ class UnsendableStore:
     ) -> bool:
         """Keep the dead letter as last tried (`sent`: its value already bounded); True when this
         call added the row, False when a redelivery of the record had already."""
+        with in_core_terms():
+            return self._insert(letter, sent, refusal, worker_id)
+
+    def _insert(
+        self, letter: DeadLetter, sent: OutgoingMessage, refusal: str, worker_id: str
+    ) -> bool:
         r = letter.record
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:

@@ -5,9 +5,9 @@ a record redelivered or re-read from offset 0 is judged the same way every time.
 
 from __future__ import annotations
 
+from order_recovery.core.records import SourceRecord
 from order_recovery.domain.errors import EventFromFuture, OversizedRecord
 from order_recovery.domain.events import Event
-from order_recovery.records import SourceRecord
 
 
 def check_size(record: SourceRecord, max_bytes: int) -> None:

@@ -33,7 +33,10 @@ from typing import Any, NoReturn
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from order_recovery.adapters.pipeline_process import (
+from order_recovery.config import Settings
+from order_recovery.core.records import SourceRecord
+from order_recovery.domain.policy import load_policies
+from order_recovery.runtimes.pipeline_process import (
     Assigned,
     Consuming,
     Drain,
@@ -43,9 +46,6 @@ from order_recovery.adapters.pipeline_process import (
     Revoked,
     Stopping,
 )
-from order_recovery.config import Settings
-from order_recovery.domain.policy import load_policies
-from order_recovery.pipeline import SourceRecord
 
 log = logging.getLogger(__name__)
 

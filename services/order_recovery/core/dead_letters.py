@@ -1,8 +1,9 @@
 """Dead letters: the message built for a record the pipeline turns away, and seeing each one
-through to the broker, or, when the broker will not take it, to Postgres.
+through to the broker, or, when the broker will not take it, to the store of unsendable letters
+(Postgres: `adapters/postgres/unsendable.py`).
 
-A dead letter is the record's key, value and headers plus the `dlq.*` headers (order_recovery
-.headers), so it can be larger than the record the broker accepted. Each goes, in turn:
+A dead letter is the record's key, value and headers plus the `dlq.*` headers (`core/headers.py`),
+so it can be larger than the record the broker accepted. Each goes, in turn:
 1. whole, with the batch's outcomes; a record over ORDER_RECOVERY_MAX_RECORD_BYTES starts at 2;
 2. refused (too large for the producer or the dead-letter topic): alone, whole, since the broker
    refuses a record batch as a whole and the letter may only have shared one with a refused one;
@@ -20,11 +21,9 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from order_recovery.adapters.kafka_producer import KafkaPublisher, OutgoingMessage, Refused
-from order_recovery.adapters.metrics import WorkerMetrics
-from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.config import Settings
-from order_recovery.headers import (
+from order_recovery.core.faults import Refused
+from order_recovery.core.headers import (
     DLQ_ATTEMPT,
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
@@ -40,7 +39,16 @@ from order_recovery.headers import (
     DLQ_WORKER_ID,
     dead_letter_id,
 )
-from order_recovery.records import DeadLetter
+from order_recovery.core.ports import BatchObserver, Publisher, UnsendableLetters
+from order_recovery.core.records import DeadLetter, OutgoingMessage
+from order_recovery.domain.errors import (
+    EventFromFuture,
+    MalformedJson,
+    OversizedRecord,
+    SchemaViolation,
+    UnknownEventType,
+    UnknownPlatform,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,21 @@ log = logging.getLogger(__name__)
 TRUNCATED_VALUE_BYTES = 16 * 1024
 #: dlq.error.message is cut here: it quotes the offending value, which may be large.
 ERROR_MESSAGE_BYTES = 4000
+#: A rule raised on the event (a bug; the event is kept for a replay once fixed).
+RULE_ERROR = "rule_error"
+#: The `dlq.error.class` of a record turned away before any rule saw it (with RULE_ERROR, every
+#: class the worker writes: the metrics create their series up front).
+DEAD_LETTER_REASONS = tuple(
+    cls.error_class
+    for cls in (
+        OversizedRecord,
+        MalformedJson,
+        SchemaViolation,
+        UnknownEventType,
+        EventFromFuture,
+        UnknownPlatform,
+    )
+)
 
 
 def dead_letter_message(
@@ -93,14 +116,14 @@ class DeadLetterSender:
     def __init__(
         self,
         settings: Settings,
-        publisher: KafkaPublisher,
-        unsendable: UnsendableStore,
-        metrics: WorkerMetrics,
+        publisher: Publisher,
+        unsendable: UnsendableLetters,
+        observer: BatchObserver,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._unsendable = unsendable
-        self._metrics = metrics
+        self._observer = observer
 
     def publish(self, dead: Sequence[DeadLetter], outcomes: Sequence[OutgoingMessage]) -> None:
         """Every outcome and every dead letter acknowledged by the broker (or the dead letter in
@@ -155,7 +178,7 @@ class DeadLetterSender:
             ", truncated too" if _can_truncate(letter) else "",
         )
         if added:
-            self._metrics.dead_letters_unsendable.inc()
+            self._observer.dead_letter_kept()
 
     def close(self) -> None:
         self._unsendable.close()

@@ -27,9 +27,11 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from order_recovery.adapters.kafka_messages import source_record
+from order_recovery.bootstrap import EXIT_FENCED, bootstrap
 from order_recovery.config import Settings
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.worker import EXIT_FENCED, Worker
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +67,11 @@ def consumer_config(settings: Settings) -> dict[str, object]:
     return config
 
 
-def _record(msg: Message) -> SourceRecord:
-    _, timestamp = msg.timestamp()
-    return SourceRecord(
-        topic=msg.topic() or "",
-        partition=msg.partition() or 0,
-        offset=msg.offset() or 0,
-        key=msg.key(),
-        value=msg.value(),
-        timestamp_ms=timestamp if timestamp and timestamp > 0 else None,
-        headers=tuple((k, v or b"") for k, v in (msg.headers() or ())),
-    )
-
-
 class ConfluentRuntime:
-    def __init__(self, settings: Settings, worker: Worker) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.worker = worker
+        # The worker's retries call back between attempts so the consumer keeps its membership.
+        self.worker = bootstrap(settings, runtime="confluent", on_wait=self._keep_membership)
         self.stopping = threading.Event()
         self.consumer = Consumer(
             {**consumer_config(settings), "on_commit": self._on_commit}, logger=log
@@ -91,7 +81,6 @@ class ConfluentRuntime:
         self._lag_refreshed = 0.0
         self._paused = False
         self._fatal: KafkaError | None = None
-        worker.retry.on_wait = self._keep_membership
 
     # ------------------------------------------------------------------ rebalance callbacks
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -142,7 +131,7 @@ class ConfluentRuntime:
         try:
             while not self.stopping.is_set():
                 messages = self._next_batch()
-                records = [_record(m) for m in messages if self._usable(m)]
+                records = [source_record(m) for m in messages if self._usable(m)]
                 if self._fatal is not None:
                     return self._give_up(self._fatal)
                 self._refresh_lag()
@@ -267,8 +256,8 @@ class ConfluentRuntime:
 
 
 def run(settings: Settings) -> int:
-    worker = Worker(settings, runtime="confluent")
-    runtime = ConfluentRuntime(settings, worker)
+    runtime = ConfluentRuntime(settings)
+    worker = runtime.worker
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, runtime.request_stop)
     worker.start_background()

@@ -31,9 +31,10 @@ from typing import Any
 
 import msgspec
 
+from order_recovery.bootstrap import EXIT_BUG, Worker, bootstrap
 from order_recovery.config import Settings
-from order_recovery.pipeline import BatchResult, SourceRecord
-from order_recovery.worker import EXIT_BUG, Worker
+from order_recovery.core.batch import BatchResult
+from order_recovery.core.records import SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def serve(settings: Settings, conn: Connection, parent_pid: int) -> None:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
-    worker = Worker(settings, runtime="faust")
+    worker = bootstrap(settings, runtime="faust")
     worker.start_background()
     try:
         code = _serve(worker, conn, settings.batch_timeout_s)
