@@ -41,7 +41,7 @@ def _seed(owner_url: str) -> None:
                    buyer_id, category, amount_fen, occurred_at, outcome, rule_ids, risk_flags,
                    reason, policy_version, source_topic, source_partition, source_offset, event)
                VALUES (%(e)s, 'o1', 'shipping-delay', 'douyin', 'm1', 'b1', 'apparel', 2395,
-                   now(), 'recovered', '{r1}', '{}', 'why', 'douyin-2025.1', 't', 0, 0, '{}')""",
+                   now(), 'recovered', '{r1}', '{}', 'why', 'douyin-2026.1', 't', 0, 0, '{}')""",
             {"e": EVENT_ID},
         )
         conn.execute("INSERT INTO actions VALUES (%s, 0, 'issue_coupon')", (EVENT_ID,))

@@ -112,7 +112,7 @@ Resolution = (
     | ActionReport
 )
 
-#: The exception type of the case each kind of resolution belongs to (an action report says its own).
+#: The exception type of the case each resolution belongs to (an action report names its own).
 CASE_TYPE: dict[type, EventType] = {
     PaymentCompleted: EventType.PAYMENT_TIMEOUT,
     ChannelQueryResult: EventType.PAYMENT_TIMEOUT,

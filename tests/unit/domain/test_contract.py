@@ -104,7 +104,7 @@ def test_unknown_platform_is_schema_valid_so_a_replay_succeeds_once_a_policy_exi
     # An operator adds a policy for the platform; the dead-lettered event now replays.
     text = (DEFAULT_POLICY_DIR / "douyin.toml").read_text(encoding="utf-8")
     text = text.replace('platform = "douyin"', 'platform = "jingdong"')
-    (tmp_path / "jingdong.toml").write_text(text.replace("douyin-2025.1", "jingdong-1"))
+    (tmp_path / "jingdong.toml").write_text(text.replace("douyin-2026.1", "jingdong-1"))
     event = decode_event(raw, platforms=load_policies(tmp_path))
     assert event.envelope.platform == "jingdong"
 
