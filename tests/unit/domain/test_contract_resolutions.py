@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from order_recovery.domain import (
     event_from_dict,
     resolution_from_dict,
 )
+from order_recovery.domain.case import action_key
 from order_recovery.domain.contract import schemas_dir
 from order_recovery.domain.resolutions import (
     ActionReport,
@@ -190,7 +192,7 @@ EXPECTED_STRUCTS: dict[str, Any] = {
         ),
         exception_type=EventType.SHIPPING_DELAY,
         action=ActionType.ISSUE_COUPON,
-        action_key="b2c7e5a0-4f1d-5e8a-9c3b-6d2f8a1e4b70",
+        action_key="ord-example-sd1/shipping-delay/0/issue_coupon",
         status=ActionStatus.COMPLETED,
     ),
     "action-report/valid-recall-failed-will-retry.json": ActionReport(
@@ -203,7 +205,7 @@ EXPECTED_STRUCTS: dict[str, Any] = {
         ),
         exception_type=EventType.PAYMENT_TIMEOUT,
         action=ActionType.RECALL_ORDER,
-        action_key="c3d8f6b1-5a2e-5f9b-8d4c-7e3a9b2f5c81",
+        action_key="ord-example-pt2/payment-timeout/0/recall_order",
         status=ActionStatus.FAILED,
         final=False,
         detail="platform API 503: order service unavailable, retrying",
@@ -218,7 +220,7 @@ EXPECTED_STRUCTS: dict[str, Any] = {
         ),
         exception_type=EventType.LOGISTICS_EXCEPTION,
         action=ActionType.AUTO_REFUND,
-        action_key="d4e9a7c2-6b3f-5a0c-9e5d-8f4b0c3a6d92",
+        action_key="ord-example-le1/logistics-exception/1/auto_refund",
         status=ActionStatus.FAILED,
         final=True,
     ),
@@ -402,6 +404,22 @@ def test_the_longest_allowed_strings_are_accepted():
         )
     )
     assert isinstance(report, ActionReport) and len(report.action_key) == 256
+
+
+def test_the_longest_key_the_worker_writes_is_a_valid_action_key():
+    """domain.case.action_key from the longest order id, exception type and action, at a step
+    no case reaches: the executor must be able to echo it back."""
+    case = SimpleNamespace(order_id="o" * 128, exception_type=EventType.LOGISTICS_EXCEPTION)
+    longest = max(ActionType, key=lambda a: len(a.value))
+    key = action_key(case, 10**6, longest)  # type: ignore[arg-type]
+    doc = resolution(
+        "action-report",
+        exception_type="logistics-exception",
+        action=longest.value,
+        action_key=key,
+        status="completed",
+    )
+    assert decode_resolution(orjson.dumps(doc)).action_key == key
 
 
 def test_unknown_platform_needs_a_policy_like_an_exception_event():
