@@ -21,11 +21,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from order_recovery.core.faults import Fenced, PublishFailed, Refused, WriteConflict
-from order_recovery.core.ports import Publish
+from order_recovery.core.ports import CaseKey, Publish
 from order_recovery.core.records import (
     DeadLetter,
     Decided,
@@ -35,9 +37,11 @@ from order_recovery.core.records import (
     Partition,
 )
 from order_recovery.core.stored_history import StoredHistory
+from order_recovery.domain.case import Case, ReviewRefused, Step, Transition
 from order_recovery.domain.decision import Decision, RiskFlag
 from order_recovery.domain.events import Event, EventType
 from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
+from order_recovery.domain.resolutions import Resolution
 
 #: librdkafka's default message.max.bytes: a larger message is refused in produce() itself.
 PRODUCER_MAX_BYTES = 1_000_000
@@ -289,3 +293,75 @@ class KeptLetters:
 
     def close(self) -> None:
         pass
+
+
+class InMemoryCaseStore:
+    """The case store in dicts. A unit of work edits copies and swaps them in on a clean exit,
+    so an exception leaves nothing behind, like a rolled-back transaction; one unit at a time
+    (a lock), which is what the real store's row locks give each case."""
+
+    def __init__(self) -> None:
+        self.cases: dict[CaseKey, Case] = {}
+        self.steps: dict[tuple[str, str, int], Transition] = {}
+        self.resolutions: dict[str, tuple[str, int | None]] = {}
+        self.audit: list[tuple[CaseKey, str]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def work(self) -> Iterator[_CaseWork]:
+        with self._lock:
+            work = _CaseWork(dict(self.cases), dict(self.steps), dict(self.resolutions))
+            yield work
+            self.cases, self.steps, self.resolutions = work.cases, work.steps, work.resolutions
+            self.audit.extend(work.audit)
+
+    def case(self, key: CaseKey) -> Case | None:
+        return self.cases.get(key)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _CaseWork:
+    cases: dict[CaseKey, Case]
+    steps: dict[tuple[str, str, int], Transition]
+    resolutions: dict[str, tuple[str, int | None]]
+
+    def __post_init__(self) -> None:
+        self.audit: list[tuple[CaseKey, str]] = []
+
+    def lock(self, keys: Iterable[CaseKey]) -> dict[CaseKey, Case]:
+        return {k: self.cases[k] for k in keys if k in self.cases}
+
+    def due(self, until: datetime, limit: int) -> list[Case]:
+        pending = [c for c in self.cases.values() if c.deadline and c.deadline.due_at <= until]
+        return sorted(pending, key=lambda c: c.deadline.due_at if c.deadline else until)[:limit]
+
+    def known(self, event_ids: Iterable[str]) -> set[str]:
+        return {e for e in event_ids if e in self.resolutions}
+
+    def save(
+        self,
+        transitions: Sequence[Transition],
+        resolutions: Sequence[tuple[Resolution, Step]] = (),
+    ) -> None:
+        for t in transitions:
+            key, seq = t.case.key, t.case.seq
+            if (*key, seq) in self.steps or self.cases.get(key, t.case).seq not in (seq, seq - 1):
+                raise WriteConflict(f"case {key} moved on before step {seq}")
+            if t.from_state is None and key in self.cases:
+                raise WriteConflict(f"case {key} was opened by another writer")
+            if t.cause.kind == "review" and any(
+                s.cause.kind == "review" and s.cause.ref == t.cause.ref for s in self.steps.values()
+            ):
+                raise ReviewRefused(f"review {t.cause.ref} was applied before")
+            self.steps[(*key, seq)] = t
+            self.cases[key] = t.case
+            self.audit.append((key, t.rule_id))
+        for resolution, step in resolutions:
+            event_id = resolution.envelope.event_id
+            if event_id in self.resolutions:
+                raise WriteConflict(f"resolution {event_id} was recorded by another writer")
+            seq = step.case.seq if isinstance(step, Transition) else None
+            self.resolutions[event_id] = (step.rule_id, seq)

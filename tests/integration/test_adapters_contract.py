@@ -10,10 +10,12 @@ import psycopg
 import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.postgres.cases import PostgresCaseStore
 from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.config import Settings
-from order_recovery.core.ports import UnsendableLetters
+from order_recovery.core.ports import CaseStore, UnsendableLetters
+from tests.contracts.cases import CaseStoreContract
 from tests.contracts.publisher import PublisherContract, PublisherHarness
 from tests.contracts.store import DecisionStoreContract, StoreHarness, UnsendableLettersContract
 from tests.support.kafka_io import read_topic
@@ -76,3 +78,11 @@ class TestKafkaPublisher(PublisherContract):
         harness = KafkaHarness(settings)
         yield harness
         harness.publisher.close()
+
+
+class TestPostgresCaseStore(CaseStoreContract):
+    @pytest.fixture
+    def store(self, database_url: str) -> Iterator[CaseStore]:
+        store = PostgresCaseStore(database_url)
+        yield store
+        store.close()
