@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from order_recovery.core.faults import Fenced, PublishFailed, Refused, WriteConflict
+from order_recovery.core.lifecycle import case_key
 from order_recovery.core.ports import CaseKey, Publish
 from order_recovery.core.records import (
     DeadLetter,
@@ -304,15 +305,19 @@ class InMemoryCaseStore:
         self.cases: dict[CaseKey, Case] = {}
         self.steps: dict[tuple[str, str, int], Transition] = {}
         self.resolutions: dict[str, tuple[str, int | None]] = {}
+        self.bodies: dict[str, Resolution] = {}
         self.audit: list[tuple[CaseKey, str]] = []
         self._lock = threading.Lock()
 
     @contextmanager
     def work(self) -> Iterator[_CaseWork]:
         with self._lock:
-            work = _CaseWork(dict(self.cases), dict(self.steps), dict(self.resolutions))
+            work = _CaseWork(
+                dict(self.cases), dict(self.steps), dict(self.resolutions), dict(self.bodies)
+            )
             yield work
             self.cases, self.steps, self.resolutions = work.cases, work.steps, work.resolutions
+            self.bodies = work.bodies
             self.audit.extend(work.audit)
 
     def case(self, key: CaseKey) -> Case | None:
@@ -327,6 +332,7 @@ class _CaseWork:
     cases: dict[CaseKey, Case]
     steps: dict[tuple[str, str, int], Transition]
     resolutions: dict[str, tuple[str, int | None]]
+    bodies: dict[str, Resolution]
 
     def __post_init__(self) -> None:
         self.audit: list[tuple[CaseKey, str]] = []
@@ -341,10 +347,19 @@ class _CaseWork:
     def known(self, event_ids: Iterable[str]) -> set[str]:
         return {e for e in event_ids if e in self.resolutions}
 
+    def orphans(self, limit: int) -> list[Resolution]:
+        waiting = [
+            self.bodies[e]
+            for e, (rule_id, _) in self.resolutions.items()
+            if rule_id == "case.ignored.unknown_case" and case_key(self.bodies[e]) in self.cases
+        ]
+        return sorted(waiting, key=lambda r: (r.envelope.occurred_at, r.envelope.event_id))[:limit]
+
     def save(
         self,
         transitions: Sequence[Transition],
         resolutions: Sequence[tuple[Resolution, Step]] = (),
+        adopted: Sequence[tuple[Resolution, Step]] = (),
     ) -> None:
         for t in transitions:
             key, seq = t.case.key, t.case.seq
@@ -365,3 +380,7 @@ class _CaseWork:
                 raise WriteConflict(f"resolution {event_id} was recorded by another writer")
             seq = step.case.seq if isinstance(step, Transition) else None
             self.resolutions[event_id] = (step.rule_id, seq)
+            self.bodies[event_id] = resolution
+        for resolution, step in adopted:
+            seq = step.case.seq if isinstance(step, Transition) else None
+            self.resolutions[resolution.envelope.event_id] = (step.rule_id, seq)

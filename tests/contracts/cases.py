@@ -111,6 +111,21 @@ class CaseStoreContract:
         assert life.resolve([paid]) == []
         assert store.case(KEY) is None
 
+    def test_a_resolution_that_came_before_its_case_is_adopted_once_the_case_opens(
+        self, store: CaseStore
+    ) -> None:
+        life = Lifecycle(store, POLICIES)
+        early = _resolution(ResolutionType.CHANNEL_QUERY_RESULT, at_min=2)
+        paid = _resolution(ResolutionType.PAYMENT_COMPLETED, at_min=3)
+        assert [s.rule_id for s in life.resolve([early, paid])] == ["case.ignored.unknown_case"] * 2
+        assert life.adopt_orphans() == []  # still no case
+        _opened(store, payment_timeout(code="ERR_TIMEOUT"))
+        adopted = life.adopt_orphans()
+        assert [s.rule_id for s in adopted] == ["case.channel.failed", "case.payment.completed"]
+        assert life.adopt_orphans() == [] and life.resolve([paid]) == []
+        stored = store.case(KEY)
+        assert stored is not None and stored.state is CaseState.RECOVERED and stored.seq == 3
+
     def test_deadlines_passed_fire_before_a_late_resolution(self, store: CaseStore) -> None:
         _opened(store, payment_timeout(code="ERR_TIMEOUT"))
         late = _resolution(ResolutionType.PAYMENT_COMPLETED, at_min=3 * 24 * 60)

@@ -70,33 +70,57 @@ class Lifecycle:
         return _redo(lambda: self._resolve_once(resolutions))
 
     def _resolve_once(self, resolutions: Sequence[Resolution]) -> list[Step]:
-        steps: list[Step] = []
         with self._store.work() as work:
             cases = work.lock({case_key(r) for r in resolutions})
             seen = work.known({r.envelope.event_id for r in resolutions})
-            moved: list[Transition] = []
-            recorded: list[tuple[Resolution, Step]] = []
+            fresh: list[Resolution] = []
             for resolution in resolutions:
-                event_id = resolution.envelope.event_id
-                if event_id in seen:
-                    continue
-                seen.add(event_id)
-                key = case_key(resolution)
-                case = cases.get(key)
-                policy = self._policy(case or resolution.envelope.platform)
-                if case is not None:
-                    for fired in catch_up(case, resolution.envelope.occurred_at, policy):
-                        moved.append(fired)
-                        steps.append(fired)
-                        case = fired.case
-                step = on_resolution(case, resolution, policy)
-                if isinstance(step, Transition):
-                    moved.append(step)
-                    cases[key] = step.case
-                recorded.append((resolution, step))
-                steps.append(step)
+                if resolution.envelope.event_id not in seen:
+                    seen.add(resolution.envelope.event_id)
+                    fresh.append(resolution)
+            moved, recorded, steps = self._apply(cases, fresh)
             work.save(moved, recorded)
         return steps
+
+    def adopt_orphans(self, limit: int = 500) -> list[Step]:
+        """Apply, in event time, the resolutions that arrived before their case was opened (the
+        decisions lagging behind the resolution topics): what they would have done had they
+        come after, deadlines their event time passed included."""
+        return _redo(lambda: self._adopt_once(limit))
+
+    def _adopt_once(self, limit: int) -> list[Step]:
+        with self._store.work() as work:
+            orphans = work.orphans(limit)
+            cases = work.lock({case_key(r) for r in orphans})
+            moved, adopted, steps = self._apply(cases, orphans)
+            work.save(moved, adopted=adopted)
+        return steps
+
+    def _apply(
+        self, cases: dict[CaseKey, Case], resolutions: Sequence[Resolution]
+    ) -> tuple[list[Transition], list[tuple[Resolution, Step]], list[Step]]:
+        """Each resolution in turn on its case as the ones before left it."""
+        moved: list[Transition] = []
+        recorded: list[tuple[Resolution, Step]] = []
+        steps: list[Step] = []
+        for resolution in resolutions:
+            key = case_key(resolution)
+            case = cases.get(key)
+            policy = self._policy(case or resolution.envelope.platform)
+            if case is not None:
+                for fired in catch_up(case, resolution.envelope.occurred_at, policy):
+                    moved.append(fired)
+                    steps.append(fired)
+                    case = fired.case
+            step = on_resolution(case, resolution, policy)
+            if isinstance(step, Transition):
+                moved.append(step)
+                case = step.case
+            if case is not None:
+                cases[key] = case
+            recorded.append((resolution, step))
+            steps.append(step)
+        return moved, recorded, steps
 
     def fire_due(self, until: datetime, limit: int = 500) -> list[Step]:
         """Fire the deadlines event time `until` has passed, up to `limit` cases' worth (each

@@ -172,15 +172,21 @@ class CaseWork(Protocol):
         """Which of these resolution event ids were recorded before."""
         ...
 
+    def orphans(self, limit: int) -> list[Resolution]:
+        """Up to `limit` resolutions recorded for a case that did not exist then and does now,
+        oldest event time first, locked (others' skipped)."""
+        ...
+
     def save(
         self,
         transitions: Sequence[Transition],
         resolutions: Sequence[tuple[Resolution, Step]] = (),
+        adopted: Sequence[tuple[Resolution, Step]] = (),
     ) -> None:
-        """Store each transition (the case as it left it, its step and audit row) and record
-        each resolution with the step it caused. A transition that opens a case it finds open,
-        or whose step another writer stored first, raises WriteConflict (redo the work); a
-        review already applied raises ReviewRefused."""
+        """Store each transition (the case as it left it, its step and audit row), record each
+        new resolution with the step it caused, and the step each adopted orphan caused. A
+        transition that opens a case it finds open, or whose step another writer stored first,
+        raises WriteConflict (redo the work); a review already applied raises ReviewRefused."""
         ...
 
 

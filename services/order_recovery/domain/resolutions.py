@@ -126,3 +126,14 @@ def case_type_of(resolution: Resolution) -> EventType:
     if isinstance(resolution, ActionReport):
         return resolution.exception_type
     return CASE_TYPE[type(resolution)]
+
+
+#: The class of each resolution type (the store reads recorded resolutions back with it).
+CLASSES: dict[ResolutionType, type[Resolution]] = {
+    ResolutionType.PAYMENT_COMPLETED: PaymentCompleted,
+    ResolutionType.CHANNEL_QUERY_RESULT: ChannelQueryResult,
+    ResolutionType.PARCEL_HANDED_OVER: ParcelHandedOver,
+    ResolutionType.EVIDENCE_UPLOADED: EvidenceUploaded,
+    ResolutionType.PLATFORM_VERDICT: PlatformVerdict,
+    ResolutionType.ACTION_REPORT: ActionReport,
+}

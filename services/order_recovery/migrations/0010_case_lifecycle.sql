@@ -69,9 +69,14 @@ CREATE TABLE resolutions (
     occurred_at     timestamptz NOT NULL,
     rule_id         text        NOT NULL,      -- the step it caused, or why it changed nothing
     step_seq        integer,                   -- the case step it caused; NULL when ignored
+    body            jsonb       NOT NULL,      -- the typed event, to apply it again (an orphan)
     recorded_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX resolutions_case_idx ON resolutions (order_id, exception_type);
+-- Orphans: resolutions that arrived before their case was opened (the decision pipeline lagging
+-- behind the resolution topics). Adopted, in event time, once the case exists.
+CREATE INDEX resolutions_orphan_idx ON resolutions (occurred_at)
+    WHERE rule_id = 'case.ignored.unknown_case';
 
 -- The worker opens and moves cases, records resolutions; it never deletes either, and steps are
 -- evidence (no UPDATE).
@@ -81,6 +86,7 @@ GRANT UPDATE (state, seq, state_since, deadline_kind, deadline_due_at, deadline_
     ON cases TO recovery_write;
 GRANT SELECT, INSERT ON case_steps TO recovery_write;
 GRANT SELECT, INSERT ON resolutions TO recovery_write;
+GRANT UPDATE (rule_id, step_seq) ON resolutions TO recovery_write;   -- an orphan adopted
 -- Reviews (recoveryctl review approve | reject) move a case as the operator.
 GRANT SELECT ON cases, case_steps TO recovery_operate;
 GRANT UPDATE (state, seq, state_since, deadline_kind, deadline_due_at, deadline_seq,

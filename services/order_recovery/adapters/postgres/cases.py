@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import orjson
 import psycopg
 
@@ -35,7 +36,7 @@ from order_recovery.domain.case import (
 )
 from order_recovery.domain.decision import ActionType
 from order_recovery.domain.events import EventType
-from order_recovery.domain.resolutions import Resolution, case_type_of
+from order_recovery.domain.resolutions import CLASSES, Resolution, ResolutionType, case_type_of
 
 _CASE_COLUMNS = (
     "order_id, exception_type, platform, buyer_id, amount_fen, opened_at, opened_by::text,"
@@ -48,6 +49,11 @@ DUE = f"""SELECT {_CASE_COLUMNS} FROM cases
     WHERE deadline_due_at <= %s ORDER BY deadline_due_at LIMIT %s FOR UPDATE SKIP LOCKED"""
 READ = f"SELECT {_CASE_COLUMNS} FROM cases WHERE order_id = %s AND exception_type = %s"
 KNOWN = "SELECT event_id::text FROM resolutions WHERE event_id = ANY(%s::uuid[])"
+ORPHANS = """SELECT r.event_type, r.body::text FROM resolutions r
+    JOIN cases c USING (order_id, exception_type)
+    WHERE r.rule_id = 'case.ignored.unknown_case'
+    ORDER BY r.occurred_at, r.event_id LIMIT %s FOR UPDATE OF r SKIP LOCKED"""
+ADOPT = "UPDATE resolutions SET rule_id = %s, step_seq = %s WHERE event_id = %s"
 INSERT_CASE = """INSERT INTO cases (order_id, exception_type, platform, buyer_id, amount_fen,
         opened_at, opened_by, state, seq, state_since, deadline_kind, deadline_due_at,
         deadline_seq, held_actions, fallback_actions, released, payment_window_ends_at,
@@ -74,8 +80,8 @@ INSERT_AUDIT = """INSERT INTO audit_log (order_id, exception_type, event_id, fro
     VALUES (%(order_id)s, %(exception_type)s, %(audit_id)s, %(from_state)s, %(to_state)s,
         %(detail)s::jsonb)"""
 INSERT_RESOLUTION = """INSERT INTO resolutions (event_id, event_type, order_id, exception_type,
-        platform, occurred_at, rule_id, step_seq)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"""
+        platform, occurred_at, rule_id, step_seq, body)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"""
 
 #: The audit row's event id of a step no event caused (a deadline, a review): one per case and
 #: step, so the same step always has the same id.
@@ -190,6 +196,10 @@ class PostgresCaseWork:
     def due(self, until: datetime, limit: int) -> list[Case]:
         return [case_from_row(r) for r in self._conn.execute(DUE, (until, limit)).fetchall()]
 
+    def orphans(self, limit: int) -> list[Resolution]:
+        rows = self._conn.execute(ORPHANS, (limit,)).fetchall()
+        return [msgspec.json.decode(body, type=CLASSES[ResolutionType(t)]) for t, body in rows]
+
     def read(self, key: CaseKey) -> Case | None:
         row = self._conn.execute(READ, key).fetchone()
         return None if row is None else case_from_row(row)
@@ -203,6 +213,7 @@ class PostgresCaseWork:
         self,
         transitions: Sequence[Transition],
         resolutions: Sequence[tuple[Resolution, Step]] = (),
+        adopted: Sequence[tuple[Resolution, Step]] = (),
     ) -> None:
         with self._conn.cursor() as cur:
             for t in transitions:
@@ -227,9 +238,16 @@ class PostgresCaseWork:
                         env.platform,
                         env.occurred_at,
                         step.rule_id,
-                        step.case.seq if isinstance(step, Transition) else None,
+                        _step_seq(step),
+                        msgspec.json.encode(resolution).decode(),
                     ),
                 )
+            for resolution, step in adopted:
+                cur.execute(ADOPT, (step.rule_id, _step_seq(step), resolution.envelope.event_id))
+
+
+def _step_seq(step: Step) -> int | None:
+    return step.case.seq if isinstance(step, Transition) else None
 
 
 class PostgresCaseStore:
