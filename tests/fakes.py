@@ -60,8 +60,13 @@ class _Outbox:
 class InMemoryStore:
     """Thread-safe: the pipeline writes on its writer thread while its next batch is read."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        lifecycle: InMemoryCaseStore | None = None,
+    ) -> None:
         self._clock = clock
+        self.lifecycle = lifecycle or InMemoryCaseStore()  # the cases the decisions open
         self._lock = threading.RLock()  # every read and write is one atomic step
         self._outbox_lock = threading.Lock()  # the outbox rows' locks: one sender at a time
         self._relay_lock = threading.Lock()  # the relay's advisory lock
@@ -152,6 +157,11 @@ class InMemoryStore:
                 self.cases[_case(d)] = str(d.decision.outcome)
                 if d.decision.compensation is not None:
                     self.compensations[_case(d)] = env.event_id
+            openings = [d.opening for d in decided if d.opening is not None]
+            if openings:
+                with self.lifecycle.work() as work:
+                    new = {o.case.key: o for o in reversed(openings)}  # each case's first
+                    work.save([o for k, o in new.items() if not work.lock([k])])
             self.counters.update(counters)
             if not decided:
                 return None

@@ -25,6 +25,7 @@ class PostgresHarness(StoreHarness):
     def __init__(self, database: Settings) -> None:
         self.store = PostgresStore(database.database_url)
         self.other = PostgresStore(database.database_url)
+        self.cases = PostgresCaseStore(database.database_url)
         self._owner_url = database.database_owner_url
 
     def age_outbox(self, seconds: float) -> None:
@@ -37,6 +38,7 @@ class PostgresHarness(StoreHarness):
     def close(self) -> None:
         self.store.close()
         self.other.close()
+        self.cases.close()
 
 
 class TestPostgresStore(DecisionStoreContract):

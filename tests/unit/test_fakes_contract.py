@@ -17,6 +17,7 @@ from tests.fakes import InMemoryCaseStore, InMemoryStore, KeptLetters, Recording
 class FakeStoreHarness(StoreHarness):
     def __init__(self) -> None:
         self.store = self.other = self._fake = InMemoryStore()
+        self.cases = self._fake.lifecycle
 
     def age_outbox(self, seconds: float) -> None:
         self._fake.age_outbox(seconds)
