@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
+from order_recovery.config import Settings
 from order_recovery.core.faults import WriteConflict
+from order_recovery.core.intake import check_event_time, check_size
 from order_recovery.core.ports import CaseKey, CaseStore
+from order_recovery.core.records import DeadLetter, SourceRecord
 from order_recovery.domain.case import (
     Case,
     Review,
@@ -28,7 +31,9 @@ from order_recovery.domain.case import (
     on_review,
     open_case,
 )
+from order_recovery.domain.contract import decode_resolution
 from order_recovery.domain.decision import Decision
+from order_recovery.domain.errors import InvalidEvent
 from order_recovery.domain.events import Event
 from order_recovery.domain.policy import Policy, policy_for
 from order_recovery.domain.resolutions import Resolution, case_type_of
@@ -36,6 +41,27 @@ from order_recovery.domain.resolutions import Resolution, case_type_of
 #: How many conflicts in a row a unit of work redoes before it gives up (each redo reads afresh,
 #: so only a writer that keeps winning the same rows can exhaust it).
 MAX_REDOS = 10
+
+
+def decode_resolutions(
+    records: Sequence[SourceRecord], policies: Mapping[str, Policy], settings: Settings
+) -> tuple[list[Resolution], list[DeadLetter]]:
+    """Each record checked and decoded like an exception event (size, schema, platform, event
+    time within the skew of the record's timestamp), or dead-lettered with the reason."""
+    good: list[Resolution] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            check_size(record, settings.max_record_bytes)
+            resolution = decode_resolution(
+                record.value if record.value is not None else b"", platforms=policies
+            )
+            check_event_time(resolution, record, settings.max_event_skew_s)
+        except InvalidEvent as exc:
+            dead.append(DeadLetter(record, exc.error_class, str(exc)))
+            continue
+        good.append(resolution)
+    return good, dead
 
 
 def case_key(resolution: Resolution) -> CaseKey:
