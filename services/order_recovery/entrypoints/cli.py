@@ -82,6 +82,28 @@ def _produce_sample(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _simulate_platform(args: argparse.Namespace, settings: Settings) -> int:
+    from order_recovery.adapters.reference_platform import Odds, ReferencePlatform
+
+    platform = ReferencePlatform(
+        settings, seed=args.seed, odds=Odds(action_fails=args.fail_share), interval_s=args.interval
+    )
+    signal.signal(signal.SIGTERM, lambda *_: platform.stop.set())
+    print(f"simulating the platform and the executor for {settings.topic_prefix}* (Ctrl-C stops)")
+    try:
+        return platform.run()
+    except KeyboardInterrupt:
+        platform.stop.set()
+        return EXIT_OK
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -352,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    sim_platform = commands.add_parser(
+        "simulate-platform",
+        help="the reference executor and a simulated platform for the local stack: report "
+        "released actions, answer open cases (payments, shipments, verdicts)",
+    )
+    sim_platform.add_argument("--seed", type=int, default=7, help="the simulation's seed")
+    sim_platform.add_argument(
+        "--fail-share", type=_share, default=0.03, help="share of actions that fail for good"
+    )
+    sim_platform.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds between polls"
+    )
+    sim_platform.set_defaults(handler=_simulate_platform)
 
     policy = commands.add_parser("policy", help="platform policy files")
     policy_sub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")

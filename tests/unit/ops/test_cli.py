@@ -17,6 +17,7 @@ COMMANDS = {
     ("topics", "create"): [],
     ("db", "migrate"): [],
     ("produce-sample",): ["--count", "--rate", "--seed"],
+    ("simulate-platform",): ["--seed", "--fail-share", "--interval"],
     ("policy", "check"): ["DIR", "--json"],
     ("dlq", "list"): ["--json"],
     ("dlq", "show"): ["--topic", "--error-class", "--order-id", "--since", "--until", "--limit"],
