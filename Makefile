@@ -50,7 +50,9 @@ down:
 status:
 	@$(STACK) status
 
-# The sample feed runs beside the worker so decisions and metrics move at once (SAMPLE_RATE=0: off).
+# The sample feed runs beside the worker so decisions and metrics move at once (SAMPLE_RATE=0: off);
+# the lifecycle process and the reference platform beside them move the cases to their end
+# (logs in .local/logs/).
 SAMPLE_RATE ?= 20
 run: venv up
 	$(BIN)/recoveryctl topics create
@@ -62,7 +64,9 @@ run: venv up
 	  $(BIN)/recoveryctl produce-sample --count 0 --rate $(SAMPLE_RATE) \
 	    >.local/logs/sample-feed.log 2>&1 & feeder=$$!; \
 	fi; \
-	trap '[ -z "$$feeder" ] || kill $$feeder 2>/dev/null' EXIT; \
+	$(BIN)/recovery-lifecycle >.local/logs/lifecycle.log 2>&1 & lifecycle=$$!; \
+	$(BIN)/recoveryctl simulate-platform >.local/logs/platform.log 2>&1 & platform=$$!; \
+	trap 'kill $$lifecycle $$platform $$feeder 2>/dev/null' EXIT; \
 	$(BIN)/recovery-worker
 
 # Stops only the services this run started (a developer's own `make up` stays up), pass or fail.

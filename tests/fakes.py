@@ -21,11 +21,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from order_recovery.core.faults import Fenced, PublishFailed, Refused, WriteConflict
-from order_recovery.core.ports import Publish
+from order_recovery.core.lifecycle import case_key
+from order_recovery.core.ports import CaseKey, Publish
 from order_recovery.core.records import (
     DeadLetter,
     Decided,
@@ -35,9 +38,11 @@ from order_recovery.core.records import (
     Partition,
 )
 from order_recovery.core.stored_history import StoredHistory
+from order_recovery.domain.case import Case, ReviewRefused, Step, Transition
 from order_recovery.domain.decision import Decision, RiskFlag
 from order_recovery.domain.events import Event, EventType
 from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
+from order_recovery.domain.resolutions import Resolution
 
 #: librdkafka's default message.max.bytes: a larger message is refused in produce() itself.
 PRODUCER_MAX_BYTES = 1_000_000
@@ -55,8 +60,13 @@ class _Outbox:
 class InMemoryStore:
     """Thread-safe: the pipeline writes on its writer thread while its next batch is read."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        lifecycle: InMemoryCaseStore | None = None,
+    ) -> None:
         self._clock = clock
+        self.lifecycle = lifecycle or InMemoryCaseStore()  # the cases the decisions open
         self._lock = threading.RLock()  # every read and write is one atomic step
         self._outbox_lock = threading.Lock()  # the outbox rows' locks: one sender at a time
         self._relay_lock = threading.Lock()  # the relay's advisory lock
@@ -147,6 +157,11 @@ class InMemoryStore:
                 self.cases[_case(d)] = str(d.decision.outcome)
                 if d.decision.compensation is not None:
                     self.compensations[_case(d)] = env.event_id
+            openings = [d.opening for d in decided if d.opening is not None]
+            if openings:
+                with self.lifecycle.work() as work:
+                    new = {o.case.key: o for o in reversed(openings)}  # each case's first
+                    work.save([o for k, o in new.items() if not work.lock([k])])
             self.counters.update(counters)
             if not decided:
                 return None
@@ -289,3 +304,93 @@ class KeptLetters:
 
     def close(self) -> None:
         pass
+
+
+class InMemoryCaseStore:
+    """The case store in dicts. A unit of work edits copies and swaps them in on a clean exit,
+    so an exception leaves nothing behind, like a rolled-back transaction; one unit at a time
+    (a lock), which is what the real store's row locks give each case."""
+
+    def __init__(self) -> None:
+        self.cases: dict[CaseKey, Case] = {}
+        self.steps: dict[tuple[str, str, int], Transition] = {}
+        self.resolutions: dict[str, tuple[str, int | None]] = {}
+        self.bodies: dict[str, Resolution] = {}
+        self.audit: list[tuple[CaseKey, str]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def work(self) -> Iterator[_CaseWork]:
+        with self._lock:
+            work = _CaseWork(
+                dict(self.cases), dict(self.steps), dict(self.resolutions), dict(self.bodies)
+            )
+            yield work
+            self.cases, self.steps, self.resolutions = work.cases, work.steps, work.resolutions
+            self.bodies = work.bodies
+            self.audit.extend(work.audit)
+
+    def case(self, key: CaseKey) -> Case | None:
+        return self.cases.get(key)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _CaseWork:
+    cases: dict[CaseKey, Case]
+    steps: dict[tuple[str, str, int], Transition]
+    resolutions: dict[str, tuple[str, int | None]]
+    bodies: dict[str, Resolution]
+
+    def __post_init__(self) -> None:
+        self.audit: list[tuple[CaseKey, str]] = []
+
+    def lock(self, keys: Iterable[CaseKey]) -> dict[CaseKey, Case]:
+        return {k: self.cases[k] for k in keys if k in self.cases}
+
+    def due(self, until: datetime, limit: int) -> list[Case]:
+        pending = [c for c in self.cases.values() if c.deadline and c.deadline.due_at <= until]
+        return sorted(pending, key=lambda c: c.deadline.due_at if c.deadline else until)[:limit]
+
+    def known(self, event_ids: Iterable[str]) -> set[str]:
+        return {e for e in event_ids if e in self.resolutions}
+
+    def orphans(self, limit: int) -> list[Resolution]:
+        waiting = [
+            self.bodies[e]
+            for e, (rule_id, _) in self.resolutions.items()
+            if rule_id == "case.ignored.unknown_case" and case_key(self.bodies[e]) in self.cases
+        ]
+        return sorted(waiting, key=lambda r: (r.envelope.occurred_at, r.envelope.event_id))[:limit]
+
+    def save(
+        self,
+        transitions: Sequence[Transition],
+        resolutions: Sequence[tuple[Resolution, Step]] = (),
+        adopted: Sequence[tuple[Resolution, Step]] = (),
+    ) -> None:
+        for t in transitions:
+            key, seq = t.case.key, t.case.seq
+            if (*key, seq) in self.steps or self.cases.get(key, t.case).seq not in (seq, seq - 1):
+                raise WriteConflict(f"case {key} moved on before step {seq}")
+            if t.from_state is None and key in self.cases:
+                raise WriteConflict(f"case {key} was opened by another writer")
+            if t.cause.kind == "review" and any(
+                s.cause.kind == "review" and s.cause.ref == t.cause.ref for s in self.steps.values()
+            ):
+                raise ReviewRefused(f"review {t.cause.ref} was applied before")
+            self.steps[(*key, seq)] = t
+            self.cases[key] = t.case
+            self.audit.append((key, t.rule_id))
+        for resolution, step in resolutions:
+            event_id = resolution.envelope.event_id
+            if event_id in self.resolutions:
+                raise WriteConflict(f"resolution {event_id} was recorded by another writer")
+            seq = step.case.seq if isinstance(step, Transition) else None
+            self.resolutions[event_id] = (step.rule_id, seq)
+            self.bodies[event_id] = resolution
+        for resolution, step in adopted:
+            seq = step.case.seq if isinstance(step, Transition) else None
+            self.resolutions[resolution.envelope.event_id] = (step.rule_id, seq)

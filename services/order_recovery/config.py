@@ -10,9 +10,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from order_recovery.domain.events import EventType
+from order_recovery.domain.resolutions import ResolutionType
 
 #: The source topics' event types, as the contract names them (one topic each).
 EXCEPTION_TYPES: tuple[str, ...] = tuple(str(t) for t in EventType)
+#: The resolution events' types (domain.resolutions), each on a topic of its own.
+RESOLUTION_TYPES: tuple[str, ...] = tuple(str(t) for t in ResolutionType)
 #: Half the broker's default message.max.bytes (1 MiB): a record under it always fits in its dead
 #: letter whole (value plus a few KiB of headers) on a topic with the broker's defaults, while a
 #: real event is about 1 KiB (only a contrived valid one, twenty 2048-character evidence URIs
@@ -168,6 +171,15 @@ class Settings:
         return tuple(self.source_topic(t) for t in EXCEPTION_TYPES)
 
     @property
+    def resolution_topics(self) -> tuple[str, ...]:
+        return tuple(self.source_topic(t) for t in RESOLUTION_TYPES)
+
+    @property
+    def lifecycle_group(self) -> str:
+        """The resolution consumers' group (not the deciders': they scale apart)."""
+        return f"{self.consumer_group}.lifecycle"
+
+    @property
     def outcome_topic(self) -> str:
         return f"{self.topic_prefix}{OUTCOME_TOPIC_SUFFIX}"
 
@@ -177,9 +189,12 @@ class Settings:
 
     @property
     def all_topics(self) -> tuple[str, ...]:
-        """Every topic the project owns: sources, their dead-letter topics, outcomes."""
+        """Every topic the project owns: sources, their dead-letter topics, outcomes, and the
+        resolution topics with theirs."""
         return (
             *self.source_topics,
             *(self.dlq_topic(t) for t in self.source_topics),
             self.outcome_topic,
+            *self.resolution_topics,
+            *(self.dlq_topic(t) for t in self.resolution_topics),
         )

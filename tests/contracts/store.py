@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from order_recovery.core.faults import Fenced, WriteConflict
-from order_recovery.core.ports import DecisionStore, UnsendableLetters
+from order_recovery.core.ports import CaseStore, DecisionStore, UnsendableLetters
 from order_recovery.core.records import (
     DeadLetter,
     Decided,
@@ -20,6 +20,7 @@ from order_recovery.core.records import (
     OutgoingMessage,
     SourceRecord,
 )
+from order_recovery.domain.case import CaseState, Transition, open_case
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.limits import (
@@ -32,7 +33,13 @@ from order_recovery.domain.limits import (
 from order_recovery.domain.outcome import outcome_json
 from order_recovery.domain.policy import load_policies
 from order_recovery.domain.rules import decide
-from tests.unit.domain.factories import H, logistics_exception, payment_timeout, shipping_delay
+from tests.unit.domain.factories import (
+    H,
+    M,
+    logistics_exception,
+    payment_timeout,
+    shipping_delay,
+)
 
 POLICIES = load_policies()
 DECIDED_AT = datetime(2026, 1, 1, tzinfo=UTC)
@@ -46,8 +53,14 @@ def decided(doc: dict[str, Any], offset: int = 0, **over: Any) -> Decided:
     event = decode_event(raw)
     decision = decide(event, OrderHistory(), POLICIES[doc["platform"]])
     record = SourceRecord(f"orders.{doc['event_type']}", 0, offset, doc["order_id"].encode(), raw)
+    opening = open_case(event, decision, POLICIES[doc["platform"]])
     return Decided(
-        record, event, decision, None, outcome_json(event, decision, decided_at=DECIDED_AT)
+        record,
+        event,
+        decision,
+        None,
+        outcome_json(event, decision, decided_at=DECIDED_AT),
+        opening if isinstance(opening, Transition) else None,
     )
 
 
@@ -86,10 +99,12 @@ class Sent:
 
 class StoreHarness:
     """What a subclass provides: the store, a second handle on the same data (another
-    connection), and a way to age every outbox batch (a crash long ago)."""
+    connection), the case store on the same data, and a way to age every outbox batch (a crash
+    long ago)."""
 
     store: DecisionStore
     other: DecisionStore
+    cases: CaseStore
 
     def age_outbox(self, seconds: float) -> None:
         raise NotImplementedError
@@ -103,6 +118,23 @@ class DecisionStoreContract:
     @pytest.fixture
     def store(self, harness: StoreHarness) -> DecisionStore:
         return harness.store
+
+    # ------------------------------------------------------------------ cases
+    def test_a_decision_opens_its_case_once_with_its_first_step(
+        self, harness: StoreHarness
+    ) -> None:
+        first = decided(payment_timeout(failed_ago=10 * M), order_id="ord-c")
+        again = decided(payment_timeout(failed_ago=20 * M, code="ERR_TIMEOUT"), order_id="ord-c")
+        not_yet = decided(payment_timeout(failed_ago=None, created_ago=10 * M), order_id="ord-r")
+        later = decided(payment_timeout(failed_ago=3 * H), order_id="ord-c")
+        assert first.opening is not None and again.opening is not None
+        assert not_yet.opening is None and later.opening is not None
+        harness.store.save_decisions([first, again, not_yet])
+        harness.store.save_decisions([later])
+        case = harness.cases.case(("ord-c", "payment-timeout"))
+        assert case == first.opening.case  # the batch's first; a later batch changes nothing
+        assert case.state is CaseState.AWAITING_PAYMENT and case.seq == 1
+        assert harness.cases.case(("ord-r", "payment-timeout")) is None
 
     # ------------------------------------------------------------------ the history read
     def test_a_written_batch_is_read_back_as_the_rules_need_it(self, store: DecisionStore) -> None:

@@ -10,10 +10,12 @@ import psycopg
 import pytest
 
 from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.postgres.cases import PostgresCaseStore
 from order_recovery.adapters.postgres.store import PostgresStore
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.config import Settings
-from order_recovery.core.ports import UnsendableLetters
+from order_recovery.core.ports import CaseStore, UnsendableLetters
+from tests.contracts.cases import CaseStoreContract
 from tests.contracts.publisher import PublisherContract, PublisherHarness
 from tests.contracts.store import DecisionStoreContract, StoreHarness, UnsendableLettersContract
 from tests.support.kafka_io import read_topic
@@ -23,6 +25,7 @@ class PostgresHarness(StoreHarness):
     def __init__(self, database: Settings) -> None:
         self.store = PostgresStore(database.database_url)
         self.other = PostgresStore(database.database_url)
+        self.cases = PostgresCaseStore(database.database_url)
         self._owner_url = database.database_owner_url
 
     def age_outbox(self, seconds: float) -> None:
@@ -35,6 +38,7 @@ class PostgresHarness(StoreHarness):
     def close(self) -> None:
         self.store.close()
         self.other.close()
+        self.cases.close()
 
 
 class TestPostgresStore(DecisionStoreContract):
@@ -76,3 +80,11 @@ class TestKafkaPublisher(PublisherContract):
         harness = KafkaHarness(settings)
         yield harness
         harness.publisher.close()
+
+
+class TestPostgresCaseStore(CaseStoreContract):
+    @pytest.fixture
+    def store(self, database_url: str) -> Iterator[CaseStore]:
+        store = PostgresCaseStore(database_url)
+        yield store
+        store.close()

@@ -28,6 +28,9 @@ TABLES = (
     "limit_counters",
     "partition_leases",
     "unsendable_dead_letters",
+    "cases",
+    "case_steps",
+    "resolutions",
     "schema_migrations",
 )
 EVENT_ID = "6f1d3c52-4a7e-4d1b-9a41-1f0c2b7d9e01"
@@ -41,7 +44,7 @@ def _seed(owner_url: str) -> None:
                    buyer_id, category, amount_fen, occurred_at, outcome, rule_ids, risk_flags,
                    reason, policy_version, source_topic, source_partition, source_offset, event)
                VALUES (%(e)s, 'o1', 'shipping-delay', 'douyin', 'm1', 'b1', 'apparel', 2395,
-                   now(), 'recovered', '{r1}', '{}', 'why', 'douyin-2025.1', 't', 0, 0, '{}')""",
+                   now(), 'recovered', '{r1}', '{}', 'why', 'douyin-2026.1', 't', 0, 0, '{}')""",
             {"e": EVENT_ID},
         )
         conn.execute("INSERT INTO actions VALUES (%s, 0, 'issue_coupon')", (EVENT_ID,))
@@ -82,6 +85,26 @@ def _seed(owner_url: str) -> None:
                    header_values, value_bytes, worker_id)
                VALUES ('orders.shipping-delay', 0, 7, 'orders.shipping-delay.dlq',
                    'malformed_json', 'm', 'too large', '{}', '{}', 9, 'w1')"""
+        )
+        conn.execute(
+            """INSERT INTO cases (order_id, exception_type, platform, buyer_id, amount_fen,
+                   opened_at, opened_by, state, seq, state_since)
+               VALUES ('o1', 'shipping-delay', 'douyin', 'b1', 2395, now(), %s,
+                   'awaiting_review', 1, now())""",
+            (EVENT_ID,),
+        )
+        conn.execute(
+            """INSERT INTO case_steps (order_id, exception_type, seq, rule_id, to_state,
+                   cause_kind, cause_ref, cause_at, reason)
+               VALUES ('o1', 'shipping-delay', 1, 'case.open.review', 'awaiting_review',
+                   'exception', %s, now(), 'why')""",
+            (EVENT_ID,),
+        )
+        conn.execute(
+            """INSERT INTO resolutions (event_id, event_type, order_id, exception_type, platform,
+                   occurred_at, rule_id, body)
+               VALUES (gen_random_uuid(), 'parcel-handed-over', 'o1', 'shipping-delay',
+                   'douyin', now(), 'case.ignored.not_awaited', '{}')"""
         )
 
 
@@ -170,6 +193,17 @@ WORKER_REFUSED = (
     # A case's state moves on; its identity is written once and the case is never removed.
     "UPDATE recovery_cases SET buyer_id = 'someone-else'",
     "DELETE FROM recovery_cases",
+    # A lifecycle case moves on (state, step, deadline...); who and what it is stays, and it is
+    # never removed. Its steps and the resolutions recorded are evidence.
+    "UPDATE cases SET buyer_id = 'someone-else'",
+    "UPDATE cases SET amount_fen = 0",
+    "DELETE FROM cases",
+    "TRUNCATE cases",
+    "UPDATE case_steps SET to_state = 'recovered'",
+    "DELETE FROM case_steps",
+    "UPDATE resolutions SET body = '{}'",
+    "UPDATE resolutions SET order_id = 'o2'",
+    "DELETE FROM resolutions",
     # An outbox batch is only ever marked published.
     "UPDATE outbox_batches SET payloads = '{}'",
     "DELETE FROM outbox_batches",
@@ -218,6 +252,14 @@ def test_the_worker_may_move_a_case_on_and_mark_a_batch_published(seeded: Settin
         conn.execute("UPDATE limit_counters SET used = used + 1, ceiling = 5, updated_at = now()")
         conn.execute("UPDATE partition_leases SET epoch = epoch + 1, owner = 'w2'")
         conn.execute("SELECT 1 FROM partition_leases FOR SHARE")
+        conn.execute(
+            """UPDATE cases SET state = 'recovered', seq = seq + 1, state_since = now(),
+                   deadline_kind = NULL, deadline_due_at = NULL, deadline_seq = NULL,
+                   held_actions = '{}', fallback_actions = '{}', released = '{}',
+                   review_overdue = false, closed_at = now(), updated_at = now()"""
+        )
+        conn.execute("SELECT 1 FROM cases FOR UPDATE")
+        conn.execute("UPDATE resolutions SET rule_id = 'case.shipment.handed_over', step_seq = 2")
         conn.rollback()  # the `seeded` fixture checks that nothing changed
 
 
@@ -270,13 +312,17 @@ def test_a_copy_of_the_template_has_the_databases_privileges(
 
 
 # --------------------------------------------------------------------------- reports, operators
+#: What a review writes (recoveryctl review approve | reject): the case moved on, its step and
+#: its audit row.
+REVIEW_WRITES = {("UPDATE", "cases"), ("INSERT", "case_steps"), ("INSERT", "audit_log")}
 READ_ONLY_REFUSED = (
     *(f"INSERT INTO {t} DEFAULT VALUES" for t in TABLES),
     *(f"UPDATE {t} SET {c} = {c}" for t, c in (
         ("decisions", "outcome"), ("actions", "action"), ("compensations", "amount_fen"),
         ("audit_log", "to_status"), ("recovery_cases", "status"),
         ("outbox_batches", "published_at"), ("schema_migrations", "name"),
-        ("unsendable_dead_letters", "error_class"),
+        ("unsendable_dead_letters", "error_class"), ("cases", "state"),
+        ("case_steps", "to_state"), ("resolutions", "rule_id"),
     )),
     *(f"DELETE FROM {t}" for t in TABLES),
     *(f"TRUNCATE {t}" for t in TABLES),
@@ -286,12 +332,29 @@ READ_ONLY_REFUSED = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("role", ["database_reader_url", "database_operator_url"])
+def _review_write(statement: str) -> bool:
+    words = statement.split()
+    return (words[0], words[2] if words[0] == "INSERT" else words[1]) in REVIEW_WRITES
+
+
 @pytest.mark.parametrize("statement", READ_ONLY_REFUSED)
-def test_reports_and_operators_change_nothing(seeded: Settings, role: str, statement: str) -> None:
-    """Operators hold the reports' privileges only: `dlq replay` writes to Kafka, not here; a
-    command that writes here grants what it needs in its own migration."""
-    _refused(getattr(seeded, role), statement)
+def test_reports_change_nothing(seeded: Settings, statement: str) -> None:
+    _refused(seeded.database_reader_url, statement)
+
+
+OPERATOR_REFUSED = (
+    *(s for s in READ_ONLY_REFUSED if not _review_write(s)),
+    # A review moves a case on; it does not rewrite who or what the case is, nor a past step.
+    "UPDATE cases SET buyer_id = 'someone-else'",
+    "UPDATE cases SET amount_fen = 0",
+    "UPDATE case_steps SET to_state = 'recovered'",
+)
+
+
+@pytest.mark.parametrize("statement", OPERATOR_REFUSED)
+def test_operators_change_nothing_but_a_review(seeded: Settings, statement: str) -> None:
+    """`dlq replay` writes to Kafka, not here; a review writes a case's step (migration 0010)."""
+    _refused(seeded.database_operator_url, statement)
 
 
 @pytest.mark.parametrize("role", ["database_reader_url", "database_operator_url"])

@@ -20,6 +20,8 @@ import orjson
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from order_recovery.domain.contract import schemas_dir
+from order_recovery.domain.resolutions import ResolutionType
 from order_recovery.domain.sample import sample_events
 
 FUZZING = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
@@ -55,8 +57,21 @@ _TOKENS = [
     b'"douyin"', b'"jingdong"', b'"CNY"', b'"USD"', b'"standard"', b'"virtual"', b'"lost"',
 ]  # fmt: skip
 
-#: Keys a mutation may touch: every field any event type has, and a few no schema has.
-_KEYS = sorted({k for doc in BASE_DOCS for k in doc} | {"payload", "", "Amount_fen", "\u0000"})
+#: Valid resolution events of every type: the examples in schemas/.
+RESOLUTION_DOCS = [
+    orjson.loads(path.read_bytes())
+    for t in ResolutionType
+    for path in sorted((schemas_dir() / "examples" / t.value).glob("valid-*.json"))
+]
+
+
+def _keys(docs: list[dict[str, object]]) -> list[str]:
+    """Keys a mutation may touch: every field the documents have, and a few no schema has."""
+    return sorted({k for doc in docs for k in doc} | {"payload", "", "Amount_fen", "\u0000"})
+
+
+_KEYS = _keys(BASE_DOCS)
+RESOLUTION_KEYS = _keys(RESOLUTION_DOCS)
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -93,13 +108,15 @@ def _object(pairs: list[tuple[str, bytes]]) -> bytes:
 
 
 @st.composite
-def near_valid_docs(draw: st.DrawFn) -> Doc:
-    """A valid event with one to three of its fields replaced, removed or written twice, and
-    sometimes its framing broken."""
-    base = draw(st.sampled_from(BASE_DOCS))
+def near_valid_docs(
+    draw: st.DrawFn, bases: list[dict[str, object]] = BASE_DOCS, keys: list[str] = _KEYS
+) -> Doc:
+    """A valid event (one of `bases`, exception events by default) with one to three of its
+    fields (`keys`) replaced, removed or written twice, and sometimes its framing broken."""
+    base = draw(st.sampled_from(bases))
     pairs = [(k, orjson.dumps(v)) for k, v in base.items()]
     for _ in range(draw(st.integers(1, 3))):
-        key = draw(st.sampled_from(_KEYS))
+        key = draw(st.sampled_from(keys))
         action = draw(st.sampled_from(["set", "set", "drop", "twice"]))
         if action == "drop":
             pairs = [(k, v) for k, v in pairs if k != key]

@@ -7,15 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from order_recovery.core.ports import UnsendableLetters
+from order_recovery.core.ports import CaseStore, UnsendableLetters
+from tests.contracts.cases import CaseStoreContract
 from tests.contracts.publisher import PublisherContract, PublisherHarness
 from tests.contracts.store import DecisionStoreContract, StoreHarness, UnsendableLettersContract
-from tests.fakes import InMemoryStore, KeptLetters, RecordingPublisher
+from tests.fakes import InMemoryCaseStore, InMemoryStore, KeptLetters, RecordingPublisher
 
 
 class FakeStoreHarness(StoreHarness):
     def __init__(self) -> None:
         self.store = self.other = self._fake = InMemoryStore()
+        self.cases = self._fake.lifecycle
 
     def age_outbox(self, seconds: float) -> None:
         self._fake.age_outbox(seconds)
@@ -52,3 +54,9 @@ class TestRecordingPublisher(PublisherContract):
     @pytest.fixture
     def harness(self) -> Iterator[PublisherHarness]:
         yield FakePublisherHarness()
+
+
+class TestInMemoryCaseStore(CaseStoreContract):
+    @pytest.fixture
+    def store(self) -> Iterator[CaseStore]:
+        yield InMemoryCaseStore()

@@ -25,6 +25,7 @@ from order_recovery.core.records import (
     SourceRecord,
 )
 from order_recovery.core.stored_history import StoredHistory
+from order_recovery.domain.case import Transition, open_case
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.errors import InvalidEvent
 from order_recovery.domain.events import Event
@@ -183,7 +184,17 @@ def decide(batch: Batch, stored: StoredHistory, decided_at: datetime) -> None:
             continue
         from_status = stored.case_status.get((env.order_id, str(env.event_type)))
         payload = outcome_json(event, decision, decided_at=decided_at)
-        batch.decided.append(Decided(record, event, decision, from_status, payload))
+        opening = open_case(event, decision, policy)
+        batch.decided.append(
+            Decided(
+                record,
+                event,
+                decision,
+                from_status,
+                payload,
+                opening if isinstance(opening, Transition) else None,
+            )
+        )
         uses += limit_uses(event, decision, policy)
         stored.advance(event, decision)
     batch.claims = fold_claims(uses)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from order_recovery.core.records import SourceRecord
 from order_recovery.domain.errors import EventFromFuture, OversizedRecord
 from order_recovery.domain.events import Event
+from order_recovery.domain.resolutions import Resolution
 
 
 def check_size(record: SourceRecord, max_bytes: int) -> None:
@@ -21,7 +22,7 @@ def check_size(record: SourceRecord, max_bytes: int) -> None:
         )
 
 
-def check_event_time(event: Event, record: SourceRecord, max_skew_s: float) -> None:
+def check_event_time(event: Event | Resolution, record: SourceRecord, max_skew_s: float) -> None:
     """Raise EventFromFuture when occurred_at is more than `max_skew_s` ahead of the record's
     broker timestamp. A record without a timestamp is not checked: Kafka's record format v2 (the
     only one Kafka 4 writes) stamps every record at produce() (CreateTime) or at append

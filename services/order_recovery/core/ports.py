@@ -9,7 +9,8 @@ Each port raises only the core's faults (`core.faults`): `Transient` (and its `W
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
@@ -23,9 +24,11 @@ from order_recovery.core.records import (
     Partition,
 )
 from order_recovery.core.stored_history import StoredHistory
+from order_recovery.domain.case import Case, Step, Transition
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 from order_recovery.domain.limits import LimitClaim
+from order_recovery.domain.resolutions import Resolution
 
 T = TypeVar("T")
 
@@ -146,3 +149,52 @@ class Retry(Protocol):
         """Run fn until it succeeds, retrying `Transient` faults; re-raise anything else.
         `after`: a transient fault of an attempt made elsewhere, reported like one of ours."""
         ...
+
+
+#: A case's key: (order id, exception type).
+CaseKey = tuple[str, str]
+
+
+class CaseWork(Protocol):
+    """One transaction of the case store (domain.case): what it locks stays locked until the
+    work commits (a clean exit of `CaseStore.work`) or rolls back (an exception)."""
+
+    def lock(self, keys: Collection[CaseKey]) -> dict[CaseKey, Case]:
+        """The cases of these keys that exist, locked against every other writer."""
+        ...
+
+    def due(self, until: datetime, limit: int) -> list[Case]:
+        """Up to `limit` cases whose pending deadline is at or before `until`, oldest first,
+        locked; cases another writer holds are skipped, not waited for."""
+        ...
+
+    def known(self, event_ids: Collection[str]) -> set[str]:
+        """Which of these resolution event ids were recorded before."""
+        ...
+
+    def orphans(self, limit: int) -> list[Resolution]:
+        """Up to `limit` resolutions recorded for a case that did not exist then and does now,
+        oldest event time first, locked (others' skipped)."""
+        ...
+
+    def save(
+        self,
+        transitions: Sequence[Transition],
+        resolutions: Sequence[tuple[Resolution, Step]] = (),
+        adopted: Sequence[tuple[Resolution, Step]] = (),
+    ) -> None:
+        """Store each transition (the case as it left it, its step and audit row), record each
+        new resolution with the step it caused, and the step each adopted orphan caused. A
+        transition that opens a case it finds open, or whose step another writer stored first,
+        raises WriteConflict (redo the work); a review already applied raises ReviewRefused."""
+        ...
+
+
+class CaseStore(Protocol):
+    def work(self) -> AbstractContextManager[CaseWork]: ...
+
+    def case(self, key: CaseKey) -> Case | None:
+        """Read only: the case as last committed."""
+        ...
+
+    def close(self) -> None: ...

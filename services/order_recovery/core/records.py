@@ -10,6 +10,7 @@ from datetime import date
 
 from msgspec import Struct, field
 
+from order_recovery.domain.case import Transition
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 
@@ -66,6 +67,7 @@ class Decided(Struct, frozen=True, gc=False):
     decision: Decision
     from_status: str | None
     outcome_payload: bytes
+    opening: Transition | None = None  # the case this decision opens if it has none yet
 
 
 @dataclass(frozen=True, slots=True)

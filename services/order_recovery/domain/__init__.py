@@ -8,8 +8,10 @@ from order_recovery.domain.contract import (
     Contract,
     ContractError,
     decode_event,
+    decode_resolution,
     default_contract,
     event_from_dict,
+    resolution_from_dict,
     validate_outcome,
 )
 from order_recovery.domain.decision import (
@@ -79,12 +81,14 @@ __all__ = [
     "business_day",
     "decide",
     "decode_event",
+    "decode_resolution",
     "default_contract",
     "event_from_dict",
     "load_policies",
     "outcome_event",
     "outcome_event_id",
     "policy_for",
+    "resolution_from_dict",
     "sample_events",
     "validate_outcome",
 ]

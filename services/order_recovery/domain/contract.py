@@ -4,6 +4,12 @@ The JSON Schema files in the repo's `schemas/` directory are the single source o
 compiled once with jsonschema-rs (a Rust implementation of draft 2020-12) because validation runs on
 the worker's hot path; a unit test checks it agrees with the reference `jsonschema` validator on
 every example and on generated events. Error details are computed only on the (rare) failure path.
+
+Two families of messages are decoded the same way: the order-exception events (`decode_event`)
+and the resolution events that move a case afterwards (`decode_resolution`). They travel on
+topics of their own and their type names are disjoint; each decoder refuses the other family's
+types (UnknownEventType), so a resolution on an exception topic, or the reverse, is dead-lettered
+rather than taken for something it is not.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jsonschema_rs
 import orjson
 
+from order_recovery.domain.decision import ActionType
 from order_recovery.domain.errors import (
     MalformedJson,
     SchemaViolation,
@@ -41,10 +48,26 @@ from order_recovery.domain.events import (
     ShippingDelay,
 )
 from order_recovery.domain.history import SHANGHAI
+from order_recovery.domain.resolutions import (
+    ActionReport,
+    ActionStatus,
+    ChannelQueryAnswer,
+    ChannelQueryResult,
+    EvidenceUploaded,
+    ParcelHandedOver,
+    PaymentCompleted,
+    PlatformVerdict,
+    Proceeding,
+    Resolution,
+    ResolutionEnvelope,
+    ResolutionType,
+    VerdictResult,
+)
 
 SCHEMAS_DIR_ENV = "ORDER_RECOVERY_SCHEMAS_DIR"
 OUTCOME_SCHEMA = "recovery-outcome.v1.schema.json"
 ENVELOPE_SCHEMA = "envelope.schema.json"
+RESOLUTION_ENVELOPE_SCHEMA = "resolution-envelope.schema.json"
 
 
 def schemas_dir() -> Path:
@@ -177,6 +200,87 @@ BUILDERS: dict[tuple[str, int], Callable[[Mapping[str, Any]], Event]] = {
     (EventType.LOGISTICS_EXCEPTION.value, 1): _logistics_exception,
 }
 
+# ------------------------------------------------------------------------- resolution events
+_RESOLUTION_TYPES = _members(ResolutionType)
+_ANSWERS = _members(ChannelQueryAnswer)
+_PROCEEDINGS = _members(Proceeding)
+_VERDICTS = _members(VerdictResult)
+_ACTIONS = _members(ActionType)
+_ACTION_STATUSES = _members(ActionStatus)
+
+
+def _resolution_envelope(obj: Mapping[str, Any]) -> ResolutionEnvelope:
+    return ResolutionEnvelope(
+        event_id=_uuid(obj["event_id"], "event_id"),
+        event_type=_RESOLUTION_TYPES[obj["event_type"]],
+        schema_version=int(obj["schema_version"]),
+        occurred_at=_ts(obj["occurred_at"], "occurred_at"),
+        platform=obj["platform"],
+        order_id=obj["order_id"],
+    )
+
+
+def _payment_completed(obj: Mapping[str, Any]) -> PaymentCompleted:
+    return PaymentCompleted(
+        envelope=_resolution_envelope(obj),
+        amount_fen=int(obj["amount_fen"]),
+        new_order_id=obj.get("new_order_id"),
+        payment_channel=obj.get("payment_channel"),
+    )
+
+
+def _channel_query_result(obj: Mapping[str, Any]) -> ChannelQueryResult:
+    return ChannelQueryResult(
+        envelope=_resolution_envelope(obj),
+        answer=_ANSWERS[obj["answer"]],
+        channel_return_code=obj.get("channel_return_code"),
+    )
+
+
+def _parcel_handed_over(obj: Mapping[str, Any]) -> ParcelHandedOver:
+    return ParcelHandedOver(
+        envelope=_resolution_envelope(obj), carrier=obj["carrier"], tracking_no=obj["tracking_no"]
+    )
+
+
+def _evidence_uploaded(obj: Mapping[str, Any]) -> EvidenceUploaded:
+    return EvidenceUploaded(
+        envelope=_resolution_envelope(obj),
+        evidence=tuple(Evidence(e["kind"], e["uri"]) for e in obj["evidence"]),
+    )
+
+
+def _platform_verdict(obj: Mapping[str, Any]) -> PlatformVerdict:
+    return PlatformVerdict(
+        envelope=_resolution_envelope(obj),
+        proceeding=_PROCEEDINGS[obj["proceeding"]],
+        result=_VERDICTS[obj["result"]],
+        amount_fen=int(obj.get("amount_fen", 0)),
+    )
+
+
+def _action_report(obj: Mapping[str, Any]) -> ActionReport:
+    return ActionReport(
+        envelope=_resolution_envelope(obj),
+        exception_type=_EVENT_TYPES[obj["exception_type"]],
+        action=_ACTIONS[obj["action"]],
+        action_key=obj["action_key"],
+        status=_ACTION_STATUSES[obj["status"]],
+        final=obj.get("final", True),
+        detail=obj.get("detail"),
+    )
+
+
+#: The resolution events' (event_type, schema_version) -> builder, as BUILDERS for the exceptions.
+RESOLUTION_BUILDERS: dict[tuple[str, int], Callable[[Mapping[str, Any]], Resolution]] = {
+    (ResolutionType.PAYMENT_COMPLETED.value, 1): _payment_completed,
+    (ResolutionType.CHANNEL_QUERY_RESULT.value, 1): _channel_query_result,
+    (ResolutionType.PARCEL_HANDED_OVER.value, 1): _parcel_handed_over,
+    (ResolutionType.EVIDENCE_UPLOADED.value, 1): _evidence_uploaded,
+    (ResolutionType.PLATFORM_VERDICT.value, 1): _platform_verdict,
+    (ResolutionType.ACTION_REPORT.value, 1): _action_report,
+}
+
 
 def _path(parts: Collection[str | int], leaf: str | None = None) -> str:
     names = [str(p) for p in parts]
@@ -260,13 +364,31 @@ _NESTED_PAYLOAD = (
 )
 
 
+D = TypeVar("D")  # what a family decodes to: Event or Resolution
+
+
+@dataclass(frozen=True, slots=True)
+class _Family(Generic[D]):
+    """Messages decoded alike and only by their own decoder: the order-exception events, or the
+    resolution events. Each (event_type, schema_version) maps to its compiled validator and its
+    builder, looked up once per message."""
+
+    noun: str  # "an order-exception event": what the other family's decoder says it was sent
+    decoders: Mapping[tuple[str, int], tuple[Any, Callable[[Mapping[str, Any]], D]]]
+
+    @property
+    def types(self) -> frozenset[str]:
+        return frozenset(t for t, _ in self.decoders)
+
+
 @dataclass(frozen=True, slots=True)
 class Contract:
     """Compiled validators for one schema directory."""
 
     directory: Path
     schemas: Mapping[str, Mapping[str, Any]]  # file name -> parsed schema
-    _event_validators: Mapping[tuple[str, int], Any]
+    _events: _Family[Event]
+    _resolutions: _Family[Resolution]
     _outcome_validator: Any
 
     @classmethod
@@ -275,7 +397,13 @@ class Contract:
         if not root.is_dir():
             raise ContractError(f"schema directory {root} does not exist (set {SCHEMAS_DIR_ENV})")
         schemas = {p.name: orjson.loads(p.read_bytes()) for p in sorted(root.glob("*.schema.json"))}
-        wanted = [ENVELOPE_SCHEMA, OUTCOME_SCHEMA, *(schema_file(t, v) for t, v in BUILDERS)]
+        decodable = [*BUILDERS, *RESOLUTION_BUILDERS]
+        wanted = [
+            ENVELOPE_SCHEMA,
+            RESOLUTION_ENVELOPE_SCHEMA,
+            OUTCOME_SCHEMA,
+            *(schema_file(t, v) for t, v in decodable),
+        ]
         missing = [name for name in wanted if name not in schemas]
         if missing:
             raise ContractError(f"schema directory {root} lacks {missing}")
@@ -284,10 +412,14 @@ class Contract:
         def compile_(name: str) -> Any:
             return jsonschema_rs.Draft202012Validator(schemas[name], registry=registry)
 
+        def family(noun: str, builders: Mapping[tuple[str, int], Callable[..., D]]) -> _Family[D]:
+            return _Family(noun, {k: (compile_(schema_file(*k)), b) for k, b in builders.items()})
+
         return cls(
             directory=root,
             schemas=schemas,
-            _event_validators={key: compile_(schema_file(*key)) for key in BUILDERS},
+            _events=family("an order-exception event", BUILDERS),
+            _resolutions=family("a resolution event", RESOLUTION_BUILDERS),
             _outcome_validator=compile_(OUTCOME_SCHEMA),
         )
 
@@ -296,11 +428,17 @@ class Contract:
         if schema_name == OUTCOME_SCHEMA:
             return self._outcome_validator
         event_type, _, rest = schema_name.partition(".v")
-        return self._event_validators[(event_type, int(rest.split(".")[0]))]
+        key = (event_type, int(rest.split(".")[0]))
+        decoder = self._events.decoders.get(key) or self._resolutions.decoders[key]
+        return decoder[0]
 
     @property
     def event_types(self) -> frozenset[str]:
-        return frozenset(t for t, _ in self._event_validators)
+        return self._events.types
+
+    @property
+    def resolution_types(self) -> frozenset[str]:
+        return self._resolutions.types
 
     def decode_event(
         self, raw: bytes | bytearray | memoryview | str, *, platforms: Collection[str] | None = None
@@ -312,12 +450,39 @@ class Contract:
         except orjson.JSONDecodeError as exc:
             raise MalformedJson("", f"not UTF-8 JSON: {exc}") from None
         data = raw.encode() if isinstance(raw, str) else bytes(raw)
-        return self.event_from_dict(obj, platforms=platforms, raw=data)
+        return self._from_dict(obj, self._events, platforms, data)
+
+    def decode_resolution(
+        self, raw: bytes | bytearray | memoryview | str, *, platforms: Collection[str] | None = None
+    ) -> Resolution:
+        """decode_event for the resolution topics: the same checks and typed errors, and an
+        order-exception event here is an UnknownEventType, as a resolution is there."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJson("", f"not UTF-8 JSON: {exc}") from None
+        data = raw.encode() if isinstance(raw, str) else bytes(raw)
+        return self._from_dict(obj, self._resolutions, platforms, data)
 
     def event_from_dict(
         self, obj: Any, *, platforms: Collection[str] | None = None, raw: bytes | None = None
     ) -> Event:
         """`raw`: the bytes `obj` was parsed from, checked for keys written twice."""
+        return self._from_dict(obj, self._events, platforms, raw)
+
+    def resolution_from_dict(
+        self, obj: Any, *, platforms: Collection[str] | None = None, raw: bytes | None = None
+    ) -> Resolution:
+        """`raw`: the bytes `obj` was parsed from, checked for keys written twice."""
+        return self._from_dict(obj, self._resolutions, platforms, raw)
+
+    def _from_dict(
+        self,
+        obj: Any,
+        family: _Family[D],
+        platforms: Collection[str] | None,
+        raw: bytes | None,
+    ) -> D:
         if not isinstance(obj, dict):
             raise MalformedJson("", f"top-level JSON value is {type(obj).__name__}, not an object")
         event_type = obj.get("event_type")
@@ -328,12 +493,10 @@ class Contract:
             version = int(version)
         if type(version) is not int:
             raise SchemaViolation("schema_version", "missing or not an integer")
-        key = (event_type, version)
-        validator = self._event_validators.get(key)
-        if validator is None:
-            if event_type in self.event_types:
-                raise UnknownEventType("schema_version", f"no schema for {event_type} v{version}")
-            raise UnknownEventType("event_type", f"unknown event type {event_type!r}")
+        decoder = family.decoders.get((event_type, version))
+        if decoder is None:
+            raise self._unknown_type(family, event_type, version)
+        validator, build = decoder
         if not validator.is_valid(obj):
             if isinstance(obj.get("payload"), dict):  # the pre-flattening shape: say so plainly
                 raise SchemaViolation("payload", _NESTED_PAYLOAD)
@@ -342,7 +505,22 @@ class Contract:
             _refuse_duplicate_keys(raw, obj)
         if platforms is not None and obj["platform"] not in platforms:
             raise UnknownPlatform("platform", f"no policy for platform {obj['platform']!r}")
-        return BUILDERS[key](obj)
+        return build(obj)
+
+    def _unknown_type(
+        self, family: _Family[Any], event_type: str, version: int
+    ) -> UnknownEventType:
+        """Why no decoder: a version this build lacks, the other family's type (a message on the
+        wrong topic), or a type nobody knows."""
+        if event_type in family.types:
+            return UnknownEventType("schema_version", f"no schema for {event_type} v{version}")
+        for other in (self._events, self._resolutions):
+            if other is not family and event_type in other.types:
+                return UnknownEventType(
+                    "event_type",
+                    f"{event_type!r} is {other.noun}, not {family.noun} (on the wrong topic?)",
+                )
+        return UnknownEventType("event_type", f"unknown event type {event_type!r}")
 
     def validate_event_dict(self, obj: Any) -> None:
         """Schema check only (no typed event built), for producers and tests."""
@@ -368,8 +546,18 @@ def decode_event(
     return default_contract().decode_event(raw, platforms=platforms)
 
 
+def decode_resolution(
+    raw: bytes | bytearray | memoryview | str, *, platforms: Collection[str] | None = None
+) -> Resolution:
+    return default_contract().decode_resolution(raw, platforms=platforms)
+
+
 def event_from_dict(obj: Any, *, platforms: Collection[str] | None = None) -> Event:
     return default_contract().event_from_dict(obj, platforms=platforms)
+
+
+def resolution_from_dict(obj: Any, *, platforms: Collection[str] | None = None) -> Resolution:
+    return default_contract().resolution_from_dict(obj, platforms=platforms)
 
 
 def validate_outcome(obj: Any) -> None:

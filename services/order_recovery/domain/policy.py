@@ -75,6 +75,16 @@ class RiskPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class LifecyclePolicy:
+    """How long a case waits for what should happen next (see domain.case); event time."""
+
+    channel_query_timeout_s: int  # a re-query without answer: the rule's next step runs
+    evidence_timeout_s: int  # no evidence uploaded: closed without recovery
+    verdict_timeout_s: int  # no platform verdict: a person takes over
+    review_timeout_s: int  # a review not taken: reported as overdue
+
+
+@dataclass(frozen=True, slots=True)
 class ServicesPolicy:
     recovery_service: RecoveryService
 
@@ -87,6 +97,7 @@ class Policy:
     shipping: ShippingPolicy
     logistics: LogisticsPolicy
     risk: RiskPolicy
+    lifecycle: LifecyclePolicy
     services: ServicesPolicy
 
 
@@ -95,6 +106,7 @@ _SECTIONS: dict[str, type] = {
     "shipping": ShippingPolicy,
     "logistics": LogisticsPolicy,
     "risk": RiskPolicy,
+    "lifecycle": LifecyclePolicy,
     "services": ServicesPolicy,
 }
 _TOP_SCALARS = ("version", "platform")
@@ -103,6 +115,10 @@ _MUST_BE_POSITIVE = {
     "payment.virtual_timeout_s",
     "shipping.ship_limit_s",
     "shipping.fresh_ship_limit_s",
+    "lifecycle.channel_query_timeout_s",
+    "lifecycle.evidence_timeout_s",
+    "lifecycle.verdict_timeout_s",
+    "lifecycle.review_timeout_s",
 }
 
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -19,6 +20,7 @@ from confluent_kafka import KafkaException
 from order_recovery.adapters.kafka_admin import KafkaUnavailable, ensure_project_topics
 from order_recovery.adapters.postgres.migrations import MigrationError, migrate
 from order_recovery.config import ConfigError, Settings
+from order_recovery.domain.case import ReviewRefused, ReviewVerdict
 from order_recovery.domain.errors import PolicyError
 from order_recovery.domain.policy import load_policies
 from order_recovery.ops import views
@@ -45,6 +47,7 @@ from order_recovery.ops.output import (
 )
 from order_recovery.ops.reconcile import decided_on, read_ledger, reconcile
 from order_recovery.ops.replay import check_replay_id, new_replay_id, replay
+from order_recovery.ops.reviews import decide_review, queue
 from order_recovery.ops.simulate import load, simulate
 from order_recovery.ops.stats import GROUPINGS, TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, figures
 from order_recovery.ops.unsendable import counts as unsendable_counts
@@ -77,6 +80,28 @@ def _produce_sample(args: argparse.Namespace, settings: Settings) -> int:
         print(file=sys.stderr)
     print(f"sent {sent} sample events to {settings.topic_prefix}*")
     return EXIT_OK
+
+
+def _simulate_platform(args: argparse.Namespace, settings: Settings) -> int:
+    from order_recovery.adapters.reference_platform import Odds, ReferencePlatform
+
+    platform = ReferencePlatform(
+        settings, seed=args.seed, odds=Odds(action_fails=args.fail_share), interval_s=args.interval
+    )
+    signal.signal(signal.SIGTERM, lambda *_: platform.stop.set())
+    print(f"simulating the platform and the executor for {settings.topic_prefix}* (Ctrl-C stops)")
+    try:
+        return platform.run()
+    except KeyboardInterrupt:
+        platform.stop.set()
+        return EXIT_OK
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -263,6 +288,58 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _review_list(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_reader_url) as conn:
+        waiting = queue(
+            conn,
+            platform=args.platform,
+            risk_flag=args.risk_flag,
+            older_than=args.older_than,
+            order_id=getattr(args, "order_id", None),
+        )
+    if args.json:
+        print_json({"waiting": [w.to_json() for w in waiting]})
+    else:
+        views.reviews(console(), waiting)
+    if getattr(args, "order_id", None) and not waiting:
+        print(f"recoveryctl: no case of order {args.order_id} waits for a review", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def _review_decide(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_reader_url) as conn:
+        waiting = queue(conn, order_id=args.order_id)
+    types = {w.exception_type for w in waiting}
+    exception_type = args.type or (types.pop() if len(types) == 1 else None)
+    if exception_type is None:
+        problem = "no case waits for a review" if not types else "several cases wait: give --type"
+        print(f"recoveryctl: order {args.order_id}: {problem}", file=sys.stderr)
+        return EXIT_PROBLEM
+    try:
+        step = decide_review(
+            settings.database_operator_url,
+            load_policies(),
+            (args.order_id, exception_type),
+            ReviewVerdict(args.verdict),
+            args.reviewer,
+            args.reason,
+        )
+    except ReviewRefused as exc:
+        print(f"recoveryctl: review refused: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    released = ", ".join(step.actions) or "nothing"
+    print(f"order {args.order_id} ({exception_type}): {step.to_state}; released: {released}")
+    return EXIT_OK
+
+
+def _older_than(text: str) -> timedelta:
+    units = {"m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30m, 4h or 2d")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recoveryctl",
@@ -297,6 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    sim_platform = commands.add_parser(
+        "simulate-platform",
+        help="the reference executor and a simulated platform for the local stack: report "
+        "released actions, answer open cases (payments, shipments, verdicts)",
+    )
+    sim_platform.add_argument("--seed", type=int, default=7, help="the simulation's seed")
+    sim_platform.add_argument(
+        "--fail-share", type=_share, default=0.03, help="share of actions that fail for good"
+    )
+    sim_platform.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds between polls"
+    )
+    sim_platform.set_defaults(handler=_simulate_platform)
 
     policy = commands.add_parser("policy", help="platform policy files")
     policy_sub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -383,6 +474,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     case_show.add_argument("order_id", metavar="ORDER_ID")
     case_show.set_defaults(handler=_case_show)
+
+    review = commands.add_parser("review", help="cases waiting for a person: list, approve, reject")
+    review_sub = review.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, helptext in (
+        ("list", "cases waiting for a review, longest waiting first"),
+        ("show", "the waiting case(s) of one order (exit 1 if none waits)"),
+    ):
+        listing = review_sub.add_parser(name, parents=[json_flag], help=helptext)
+        if name == "show":
+            listing.add_argument("order_id", metavar="ORDER_ID")
+        listing.add_argument("--platform", help="only this platform's cases")
+        listing.add_argument("--risk-flag", help="only cases whose decision raised this flag")
+        listing.add_argument(
+            "--older-than", type=_older_than, help="waiting longer than this (30m, 4h, 2d)"
+        )
+        listing.set_defaults(handler=_review_list)
+    for verdict, helptext in (
+        ("approve", "release the held actions, once (exit 1 if the case waits for no review)"),
+        ("reject", "close the case without recovery (exit 1 if it waits for no review)"),
+    ):
+        decide = review_sub.add_parser(verdict, help=helptext)
+        decide.add_argument("order_id", metavar="ORDER_ID")
+        decide.add_argument("--type", help="the exception type, when several cases wait")
+        decide.add_argument("--reviewer", required=True, help="who decides (audited)")
+        decide.add_argument("--reason", required=True, help="why (audited)")
+        decide.set_defaults(handler=_review_decide, verdict=verdict)
 
     stats = commands.add_parser(
         "stats",

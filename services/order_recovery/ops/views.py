@@ -15,6 +15,7 @@ from order_recovery.ops.dlq import Letter, TopicSummary
 from order_recovery.ops.output import escape_bytes, fen, minutes, percent, when
 from order_recovery.ops.reconcile import Line, Reconciliation
 from order_recovery.ops.replay import ReplayResult
+from order_recovery.ops.reviews import Waiting
 from order_recovery.ops.simulate import Side, Simulation
 from order_recovery.ops.stats import TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE, Figures
 from order_recovery.ops.unsendable import Unsendable
@@ -266,3 +267,22 @@ def simulation(out: Console, sim: Simulation, show: int) -> None:
         out.print(changes)
         if len(sim.changes) > show:
             out.print(f"... {len(sim.changes) - show} more (--json lists all)")
+
+
+def reviews(out: Console, waiting: Sequence[Waiting]) -> None:
+    table = Table("waiting since", "order", "exception", "platform", "amount", "held", "flags")
+    for w in waiting:
+        since = when(w.waiting_since) + (" [red](overdue)[/]" if w.overdue else "")
+        table.add_row(
+            since,
+            escape(w.order_id),
+            w.exception_type,
+            w.platform,
+            fen(w.amount_fen),
+            ", ".join(w.held_actions) or "-",
+            ", ".join(w.risk_flags) or "-",
+        )
+        if w.reason:
+            table.add_row("", "", "", "", "", f"[dim]{escape(w.reason)}[/]", "")
+    out.print(table)
+    out.print(f"{len(waiting)} case(s) waiting for a review")

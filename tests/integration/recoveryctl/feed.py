@@ -90,7 +90,7 @@ def policy_dir(tmp_path: Path, *, jingdong: bool = False, **edits: str) -> Path:
     shutil.copytree(DEFAULT_POLICY_DIR, target)
     if jingdong:
         text = (target / "douyin.toml").read_text()
-        text = text.replace('version = "douyin-2025.1"', 'version = "jingdong-test.1"')
+        text = text.replace('version = "douyin-2026.1"', 'version = "jingdong-test.1"')
         text = text.replace('platform = "douyin"', 'platform = "jingdong"')
         (target / "jingdong.toml").write_text(text)
     for platform, lines in edits.items():

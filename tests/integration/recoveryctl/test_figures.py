@@ -86,12 +86,12 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
         ("audit", e2, "recovered -> recovered"),
     ]
     assert [datetime.fromisoformat(x["at"]) for x in timeline[:2]] == [T0, T0 + 20 * M]
-    assert timeline[1]["detail"]["policy_version"] == "douyin-2025.1"
+    assert timeline[1]["detail"]["policy_version"] == "douyin-2026.1"
     assert "coupon" in timeline[1]["detail"]["reason"]
     assert timeline[8]["detail"]["rule_ids"] == ["shipping.coupon_within_7d"]
 
     text = ctl("case", "show", "ord-e")
-    assert text.code == 0 and "order ord-e" in text.out and "douyin-2025.1" in text.out
+    assert text.code == 0 and "order ord-e" in text.out and "douyin-2026.1" in text.out
     missing = ctl("case", "show", "ord-nope")
     assert (missing.code, missing.err) == (1, "recoveryctl: no decisions for order ord-nope\n")
 

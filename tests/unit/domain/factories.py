@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from order_recovery.domain import (
+    ActionType,
     Decision,
     Event,
     OrderHistory,
@@ -178,6 +179,23 @@ def logistics_exception(
     }
 
 
+def resolution(
+    event_type: str, platform: str = "douyin", *, occurred_at: datetime = T0, **fields: Any
+) -> dict[str, Any]:
+    """A resolution event as flat JSON: its envelope and `fields`; a field given as _ABSENT is
+    left out (an optional field the producer did not write)."""
+    doc = {
+        "event_id": fields.pop("event_id", event_id(event_type)),
+        "event_type": event_type,
+        "schema_version": 1,
+        "occurred_at": iso(occurred_at),
+        "order_id": fields.pop("order_id", "ord-1"),
+        "platform": platform,
+    }
+    doc.update((k, v) for k, v in fields.items() if v is not _ABSENT)
+    return doc
+
+
 def run(doc: dict[str, Any], history: OrderHistory | None = None) -> Decision:
     """Decode through the contract (so every test event is schema-valid) and decide."""
     event = event_from_dict(doc)
@@ -293,6 +311,83 @@ def logistics_exception_docs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 event_docs = st.one_of(payment_timeout_docs(), shipping_delay_docs(), logistics_exception_docs())
+
+
+def _maybe(*values: Any) -> st.SearchStrategy[Any]:
+    """An optional field: absent, null, or one of `values`."""
+    return st.sampled_from([_ABSENT, None, *values])
+
+
+def _resolutions(event_type: str, **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.builds(
+        lambda platform, after, kw: resolution(event_type, platform, occurred_at=T0 + after, **kw),
+        platforms,
+        offsets,
+        st.fixed_dictionaries(fields),
+    )
+
+
+evidence_items = st.lists(
+    st.builds(
+        lambda kind, n: {"kind": kind, "uri": f"oss://e/{n}.png"},
+        st.sampled_from(["photo", "tracking_screenshot", "carrier_statement", "invoice", "other"]),
+        st.integers(0, 99),
+    ),
+    min_size=1,
+    max_size=20,
+)
+action_types = st.sampled_from([a.value for a in ActionType])
+resolution_docs = st.one_of(
+    _resolutions(
+        "payment-completed",
+        amount_fen=amounts,
+        new_order_id=_maybe("ord-1-r1"),
+        payment_channel=_maybe("alipay", "wechat_pay"),
+    ),
+    _resolutions(
+        "channel-query-result",
+        answer=st.sampled_from(["paid", "failed"]),
+        channel_return_code=_maybe("SUCCESS", "ERR_TIMEOUT"),
+    ),
+    _resolutions(
+        "parcel-handed-over", carrier=st.sampled_from(["SF", "ZTO"]), tracking_no=st.just("SF1")
+    ),
+    _resolutions("evidence-uploaded", evidence=evidence_items),
+    _resolutions(
+        "platform-verdict",
+        proceeding=st.sampled_from(["appeal", "arbitration"]),
+        result=st.just("lost"),
+        amount_fen=st.sampled_from([_ABSENT, 0]),
+    ),
+    _resolutions(
+        "platform-verdict",
+        proceeding=st.sampled_from(["appeal", "arbitration"]),
+        result=st.just("won"),
+        amount_fen=st.one_of(st.just(_ABSENT), amounts),
+    ),
+    _resolutions(
+        "action-report",
+        exception_type=st.sampled_from(
+            ["payment-timeout", "shipping-delay", "logistics-exception"]
+        ),
+        action=action_types,
+        action_key=st.text("abcdef0123456789-:", min_size=1, max_size=256),
+        status=st.just("failed"),
+        final=st.sampled_from([_ABSENT, True, False]),
+        detail=_maybe("platform API 503", "x" * 1024),
+    ),
+    _resolutions(
+        "action-report",
+        exception_type=st.sampled_from(
+            ["payment-timeout", "shipping-delay", "logistics-exception"]
+        ),
+        action=action_types,
+        action_key=st.uuids().map(str),
+        status=st.just("completed"),
+        final=st.sampled_from([_ABSENT, True]),
+        detail=_maybe("ok"),
+    ),
+)
 
 histories = st.builds(
     OrderHistory,

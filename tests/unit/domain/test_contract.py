@@ -1,4 +1,5 @@
-"""decode_event: typed errors, the examples, and agreement with the reference validator."""
+"""decode_event and decode_resolution: typed errors, the examples, and agreement with the
+reference validator (the resolution events' own cases are in test_contract_resolutions)."""
 
 from __future__ import annotations
 
@@ -36,42 +37,74 @@ from order_recovery.domain import (
     UnknownPlatform,
     decide,
     decode_event,
+    decode_resolution,
     default_contract,
     load_policies,
 )
 from order_recovery.domain.contract import SCHEMAS_DIR_ENV, schemas_dir
+from order_recovery.domain.events import EventType
 from order_recovery.domain.policy import DEFAULT_POLICY_DIR
+from order_recovery.domain.resolutions import (
+    ActionReport,
+    ChannelQueryResult,
+    EvidenceUploaded,
+    ParcelHandedOver,
+    PaymentCompleted,
+    PlatformVerdict,
+    ResolutionEnvelope,
+    ResolutionType,
+)
 
 from .factories import (
     POLICIES,
     event_docs,
     logistics_exception,
     payment_timeout,
+    resolution_docs,
     shipping_delay,
 )
 
 EXAMPLES = schemas_dir() / "examples"
 EXPECTED = json.loads((EXAMPLES / "expected-errors.json").read_text())
 ALL_EXAMPLES = sorted(p.relative_to(EXAMPLES).as_posix() for p in EXAMPLES.glob("*/*.json"))
-EVENT_EXAMPLES = [p for p in ALL_EXAMPLES if not p.startswith("recovery-outcome/")]
+EXCEPTION_TYPES = {t.value for t in EventType}
+RESOLUTION_TYPES = {t.value for t in ResolutionType}
+EVENT_EXAMPLES = [p for p in ALL_EXAMPLES if p.split("/")[0] in EXCEPTION_TYPES]
+RESOLUTION_EXAMPLES = [p for p in ALL_EXAMPLES if p.split("/")[0] in RESOLUTION_TYPES]
 OUTCOME_EXAMPLES = [p for p in ALL_EXAMPLES if p.startswith("recovery-outcome/")]
+RESOLUTION_STRUCTS = {
+    "payment-completed": PaymentCompleted,
+    "channel-query-result": ChannelQueryResult,
+    "parcel-handed-over": ParcelHandedOver,
+    "evidence-uploaded": EvidenceUploaded,
+    "platform-verdict": PlatformVerdict,
+    "action-report": ActionReport,
+}
 
 
 def _raw(name: str) -> bytes:
     return (EXAMPLES / name).read_bytes()
 
 
-@pytest.mark.parametrize("name", EVENT_EXAMPLES)
+def _decoder(name: str) -> Any:
+    """The decoder of the family an example's directory names."""
+    return decode_resolution if name.split("/")[0] in RESOLUTION_TYPES else decode_event
+
+
+@pytest.mark.parametrize("name", EVENT_EXAMPLES + RESOLUTION_EXAMPLES)
 def test_event_examples_validate_or_fail_exactly_as_named(name):
     if Path(name).name.startswith("valid-"):
-        event = decode_event(_raw(name), platforms=POLICIES)
-        assert type(event) in (PaymentTimeout, ShippingDelay, LogisticsException)
-        assert event.envelope.event_type == name.split("/")[0]
-        decide(event, OrderHistory(), POLICIES[event.envelope.platform])  # decidable as well
+        decoded = _decoder(name)(_raw(name), platforms=POLICIES)
+        assert decoded.envelope.event_type == name.split("/")[0]
+        if name in EVENT_EXAMPLES:
+            assert type(decoded) in (PaymentTimeout, ShippingDelay, LogisticsException)
+            decide(decoded, OrderHistory(), POLICIES[decoded.envelope.platform])  # decidable too
+        else:  # the exact Struct of each: test_contract_resolutions
+            assert type(decoded) is RESOLUTION_STRUCTS[name.split("/")[0]]
         return
     expected = EXPECTED[name]
     with pytest.raises(InvalidEvent) as caught:
-        decode_event(_raw(name), platforms=POLICIES)
+        _decoder(name)(_raw(name), platforms=POLICIES)
     assert caught.value.error_class == expected["error_class"]
     assert caught.value.field == expected["field"]
     assert caught.value.reason
@@ -91,6 +124,7 @@ def test_outcome_examples_validate_or_fail_exactly_as_named(name):
 def test_every_invalid_example_has_an_expectation_and_vice_versa():
     invalid = {p for p in ALL_EXAMPLES if Path(p).name.startswith("invalid-")}
     assert invalid == set(EXPECTED)
+    assert sorted(EVENT_EXAMPLES + RESOLUTION_EXAMPLES + OUTCOME_EXAMPLES) == ALL_EXAMPLES
     for name in ALL_EXAMPLES:
         assert Path(name).name.startswith(("valid-", "invalid-")), name
 
@@ -104,7 +138,7 @@ def test_unknown_platform_is_schema_valid_so_a_replay_succeeds_once_a_policy_exi
     # An operator adds a policy for the platform; the dead-lettered event now replays.
     text = (DEFAULT_POLICY_DIR / "douyin.toml").read_text(encoding="utf-8")
     text = text.replace('platform = "douyin"', 'platform = "jingdong"')
-    (tmp_path / "jingdong.toml").write_text(text.replace("douyin-2025.1", "jingdong-1"))
+    (tmp_path / "jingdong.toml").write_text(text.replace("douyin-2026.1", "jingdong-1"))
     event = decode_event(raw, platforms=load_policies(tmp_path))
     assert event.envelope.platform == "jingdong"
 
@@ -241,6 +275,26 @@ def test_event_schemas_are_flat_and_add_only_their_own_fields(event_type):
     pinned = {"event_type", "schema_version", "category"}  # narrowed, not added
     assert set(schema["properties"]) - pinned == TYPE_FIELDS[event_type]
     assert "payload" not in schema["properties"]
+
+
+def test_the_resolution_envelope_holds_exactly_the_resolution_envelope_struct_fields():
+    envelope = SCHEMAS["resolution-envelope.schema.json"]
+    struct_fields = [f.name for f in fields(ResolutionEnvelope)]
+    assert set(envelope["required"]) == set(envelope["properties"]) == set(struct_fields)
+    assert "unevaluatedProperties" not in envelope  # each resolution schema closes itself
+
+
+@pytest.mark.parametrize("event_type", sorted(RESOLUTION_TYPES))
+def test_resolution_schemas_are_flat_and_name_exactly_their_struct_fields(event_type):
+    """Schema and Struct agree: the same fields, required exactly where the Struct has no
+    default, so a valid resolution always builds and a Struct field is never left unfilled."""
+    schema = SCHEMAS[f"{event_type}.v1.schema.json"]
+    assert schema["allOf"] == [{"$ref": "resolution-envelope.schema.json"}]
+    assert schema["unevaluatedProperties"] is False
+    pinned = {"event_type", "schema_version"}
+    own = [f for f in fields(RESOLUTION_STRUCTS[event_type]) if f.name != "envelope"]
+    assert set(schema["properties"]) - pinned == {f.name for f in own}
+    assert set(schema["required"]) == {f.name for f in own if f.required}
 
 
 @pytest.mark.parametrize("cls", [PaymentTimeout, ShippingDelay, LogisticsException])
@@ -484,6 +538,9 @@ JSON_VALUES = st.one_of(
     st.sampled_from(["2025-06-02T10:00:00Z", "2025-06-02T10:00:00", "virtual", "douyin", ""]),
     st.sampled_from(["standard", "ordinary", "lost", "lost_parcel", "picked_up", "CNY", "USD"]),
     st.sampled_from([4.6, 4.57, 4.555, 5.01, -0.01, 0.3 + 0.6]),
+    st.sampled_from(
+        ["paid", "won", "completed", "failed", "appeal", "issue_coupon", "payment-timeout"]
+    ),
     st.uuids().map(str),
     st.uuids().map(lambda u: str(u).upper()),
     st.lists(st.integers(), max_size=2),
@@ -492,8 +549,8 @@ JSON_VALUES = st.one_of(
 
 
 @st.composite
-def mutated_docs(draw: st.DrawFn) -> dict[str, Any]:
-    doc = copy.deepcopy(draw(event_docs))
+def mutated_docs(draw: st.DrawFn, docs: st.SearchStrategy[dict[str, Any]]) -> dict[str, Any]:
+    doc = copy.deepcopy(draw(docs))
     for _ in range(draw(st.integers(0, 3))):
         op = draw(st.sampled_from(["drop", "set", "add"]))
         if op == "drop" and doc:
@@ -506,9 +563,16 @@ def mutated_docs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated_docs())
+@given(mutated_docs(event_docs))
 def test_fast_validator_agrees_with_reference_on_generated_events(doc):
     for event_type in default_contract().event_types:
+        _agree(doc, f"{event_type}.v1.schema.json")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_docs(resolution_docs))
+def test_fast_validator_agrees_with_reference_on_generated_resolutions(doc):
+    for event_type in default_contract().resolution_types:
         _agree(doc, f"{event_type}.v1.schema.json")
 
 

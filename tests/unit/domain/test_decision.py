@@ -56,7 +56,7 @@ def test_outcome_event_is_valid_and_deterministic():
     validate_outcome(message)
     assert message["event_id"] == outcome_event_id(doc["event_id"])
     assert outcome_event(event, d, decided_at=T0) == message
-    assert message["decision"]["policy_version"] == "douyin-2025.1"
+    assert message["decision"]["policy_version"] == "douyin-2026.1"
     with pytest.raises(ValueError, match="timezone-aware"):
         outcome_event(event, d, decided_at=datetime(2025, 6, 2))
 

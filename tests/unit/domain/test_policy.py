@@ -22,9 +22,9 @@ def test_three_platforms_ship_each_with_a_version():
     policies = load_policies()
     assert set(policies) == {"douyin", "taobao", "pinduoduo"}
     assert {p.version for p in policies.values()} == {
-        "douyin-2025.1",
-        "taobao-2025.1",
-        "pinduoduo-2025.1",
+        "douyin-2026.1",
+        "taobao-2026.1",
+        "pinduoduo-2026.1",
     }
 
 
@@ -80,7 +80,7 @@ def _edit(directory: Path, old: str, new: str, name: str = "douyin") -> None:
 
 
 def test_operators_can_point_at_their_own_directory(policy_dir):
-    _edit(policy_dir, 'version = "douyin-2025.1"', 'version = "douyin-ops-7"')
+    _edit(policy_dir, 'version = "douyin-2026.1"', 'version = "douyin-ops-7"')
     _edit(policy_dir, "coupon_max_fen = 5_000", "coupon_max_fen = 8_000")
     policy = load_policies(policy_dir)["douyin"]
     assert policy.version == "douyin-ops-7" and policy.shipping.coupon_max_fen == 8_000
@@ -95,12 +95,12 @@ def test_operators_can_point_at_their_own_directory(policy_dir):
             "unknown key 'shipping.coupon_bonus'",
         ),
         (
-            'version = "douyin-2025.1"',
-            'version = "douyin-2025.1"\nowner = "x"',
+            'version = "douyin-2026.1"',
+            'version = "douyin-2026.1"\nowner = "x"',
             "unknown key 'owner'",
         ),
         ("recall_limit_s = 7_200", "", "missing key 'payment.recall_limit_s'"),
-        ('version = "douyin-2025.1"', "", "missing key 'version'"),
+        ('version = "douyin-2026.1"', "", "missing key 'version'"),
         (
             "recovery_window_s = 86_400",
             "recovery_window_s = -1",

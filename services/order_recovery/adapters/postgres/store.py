@@ -29,6 +29,7 @@ from order_recovery.core.faults import Fenced, WriteConflict
 from order_recovery.core.ports import Publish
 from order_recovery.core.records import Decided, HistoryKeys, OutboxBatch, Partition
 from order_recovery.core.stored_history import StoredHistory
+from order_recovery.domain.case import TERMINAL, Transition
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 from order_recovery.domain.history import business_day
@@ -59,6 +60,27 @@ CREATE_STAGE = "CREATE TEMP TABLE IF NOT EXISTS decision_stage ({}) ON COMMIT DE
     )
 )
 COPY_STAGE = f"COPY decision_stage ({', '.join(STAGE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+#: The cases the batch's decisions open (domain.case.open_case), one row per decision that is not
+#: a rejection, beside its decision_stage row (same `seq`); the same binary COPY, the same lists.
+CASE_STAGE = (
+    ("seq", "int4"), ("state", "text"), ("rule_id", "text"), ("deadline_kind", "text"),
+    ("deadline_due_at", "timestamptz"), ("held_actions", "text"), ("fallback_actions", "text"),
+    ("released", "text"), ("payment_window_ends_at", "timestamptz"),
+    ("shipping_window_ends_at", "timestamptz"),
+)  # fmt: skip
+NULLABLE_CASE_STAGE_COLUMNS = frozenset(
+    {"deadline_kind", "deadline_due_at", "payment_window_ends_at", "shipping_window_ends_at"}
+)
+CREATE_CASE_STAGE = "CREATE TEMP TABLE IF NOT EXISTS case_stage ({}) ON COMMIT DELETE ROWS".format(
+    ", ".join(
+        f"{name} {kind}{'' if name in NULLABLE_CASE_STAGE_COLUMNS else ' NOT NULL'}"
+        for name, kind in CASE_STAGE
+    )
+)
+COPY_CASE_STAGE = (
+    f"COPY case_stage ({', '.join(name for name, _ in CASE_STAGE)}) FROM STDIN (FORMAT BINARY)"
+)
+CASE_STAGE_TYPES = [kind for _, kind in CASE_STAGE]
 #: Joins a row's rule ids, risk flags and actions into one stage column: the ASCII unit separator,
 #: which no identifier contains (rule ids, action and flag names are lower-case words and dots).
 LIST_SEPARATOR = "\x1f"
@@ -67,6 +89,9 @@ LIST_SEPARATOR = "\x1f"
 def _list(column: str) -> str:
     """SQL: a stage list column back as text[] (an empty string is the empty array)."""
     return f"string_to_array({column}, E'\\x1f')"
+
+
+CLOSED_STATES = "({})".format(", ".join(f"'{s}'" for s in sorted(TERMINAL)))
 
 
 _DECISION_COLUMNS = """decisions (event_id, order_id, exception_type, platform, merchant_id,
@@ -120,6 +145,45 @@ FAN_OUT = (
            recovered_at = coalesce(c.recovered_at, excluded.recovered_at),
            last_event_id = excluded.last_event_id""",
 )
+
+#: Open the cases of the batch: the first opening decision of each (order, exception type) that
+#: has no case yet (a later exception leaves its case as it is); its step and audit row with it.
+OPEN_CASES = f"""WITH first AS (
+        SELECT DISTINCT ON (d.order_id, d.exception_type) d.*, c.state, c.rule_id,
+               c.deadline_kind, c.deadline_due_at, c.held_actions AS held,
+               c.fallback_actions AS fallback, c.released, c.payment_window_ends_at,
+               c.shipping_window_ends_at
+        FROM case_stage c JOIN decision_stage d USING (seq)
+        ORDER BY d.order_id, d.exception_type, seq),
+    opened AS (
+        INSERT INTO cases (order_id, exception_type, platform, buyer_id, amount_fen, opened_at,
+            opened_by, state, seq, state_since, deadline_kind, deadline_due_at, deadline_seq,
+            held_actions, fallback_actions, released, payment_window_ends_at,
+            shipping_window_ends_at, closed_at)
+        SELECT order_id, exception_type, platform, buyer_id, amount_fen, occurred_at,
+               event_id::uuid, state, 1, occurred_at, deadline_kind, deadline_due_at,
+               CASE WHEN deadline_kind IS NOT NULL THEN 1 END, {_list("held")},
+               {_list("fallback")}, {_list("released")}, payment_window_ends_at,
+               shipping_window_ends_at,
+               CASE WHEN state IN {CLOSED_STATES} THEN occurred_at END
+        FROM first
+        ON CONFLICT (order_id, exception_type) DO NOTHING
+        RETURNING order_id, exception_type),
+    steps AS (
+        INSERT INTO case_steps (order_id, exception_type, seq, rule_id, to_state, cause_kind,
+            cause_ref, cause_at, reason, actions, action_keys)
+        SELECT f.order_id, f.exception_type, 1, f.rule_id, f.state, 'exception', f.event_id,
+               f.occurred_at, f.reason, {_list("f.actions")}, {_list("f.released")}
+        FROM first f JOIN opened USING (order_id, exception_type)
+        RETURNING order_id, exception_type, rule_id, to_state, cause_ref, cause_at, reason,
+                  actions, action_keys)
+    INSERT INTO audit_log (order_id, exception_type, event_id, from_status, to_status, detail)
+    SELECT order_id, exception_type, cause_ref::uuid, NULL, to_state,
+           jsonb_build_object('step', 1, 'rule_id', rule_id,
+                              'cause', jsonb_build_object('kind', 'exception', 'ref', cause_ref,
+                                                          'at', cause_at),
+                              'reason', reason, 'actions', actions, 'action_keys', action_keys)
+    FROM steps"""
 
 #: The batch's outcomes as one outbox row (none when it decided nothing).
 INSERT_OUTBOX_BATCH = """INSERT INTO outbox_batches (batch_id, event_ids, order_ids, payloads)
@@ -211,6 +275,7 @@ class PostgresStore:
             # commit then fails, and its redo finds the partition claimed.
             conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
             conn.execute(CREATE_STAGE)
+            conn.execute(CREATE_CASE_STAGE)
             self._conn = conn
         return self._conn
 
@@ -376,6 +441,12 @@ class PostgresStore:
                     write_row = copy.write_row
                     for seq, d in enumerate(decided):
                         write_row((seq, *_stage_values(d)))
+                openings = [(seq, d.opening) for seq, d in enumerate(decided) if d.opening]
+                if openings:
+                    with cur.copy(COPY_CASE_STAGE) as copy:
+                        copy.set_types(CASE_STAGE_TYPES)
+                        for seq, opening in openings:
+                            copy.write_row((seq, *_case_stage_values(opening)))
             with conn.pipeline():
                 held = None
                 if leases:
@@ -388,6 +459,8 @@ class PostgresStore:
                     conn.execute(INSERT_NEW_DECISIONS)
                     for statement in FAN_OUT:
                         conn.execute(statement)
+                    if openings:
+                        conn.execute(OPEN_CASES)
                     conn.execute(INSERT_OUTBOX_BATCH, (batch_id,))
                 if claims:
                     conn.execute(
@@ -523,6 +596,23 @@ def _fetch_pipelined(
 
 
 STAGE_TYPES = [kind for _, kind in STAGE]
+
+
+def _case_stage_values(t: Transition) -> tuple[Any, ...]:
+    """An opening's case_stage columns after `seq`, in CASE_STAGE order."""
+    sep, case = LIST_SEPARATOR, t.case
+    deadline = case.deadline
+    return (
+        case.state,
+        t.rule_id,
+        None if deadline is None else deadline.kind,
+        None if deadline is None else deadline.due_at,
+        sep.join(case.held_actions),
+        sep.join(case.fallback_actions),
+        sep.join(case.released),
+        case.payment_window_ends_at,
+        case.shipping_window_ends_at,
+    )
 
 
 def _stage_values(d: Decided) -> tuple[Any, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from order_recovery.domain.decision import ActionType, Outcome
 from order_recovery.domain.events import GoodsCategory, PaymentTimeout
@@ -111,3 +111,21 @@ def _inside_window(
     else:
         outcome = Outcome.CLOSED_NO_RECOVERY
     return Verdict(outcome, verdict.rule_ids, verdict.reasons, actions=tuple(actions))
+
+
+def payment_window_end(event: PaymentTimeout, policy: Policy) -> datetime:
+    """When the recovery window of a payment-timeout case closes: the deadline of a case waiting
+    for payment (domain.case). The same arithmetic as `decide_payment_timeout`: the window runs
+    from the payment failure (else from the timeout) and is the extended one when asked for and
+    allowed."""
+    p = policy.payment
+    env = event.envelope
+    virtual = env.category is GoodsCategory.VIRTUAL
+    expired_at = env.order_created_at + timedelta(
+        seconds=p.virtual_timeout_s if virtual else p.timeout_s
+    )
+    start = event.payment_failed_at if event.payment_failed_at is not None else expired_at
+    extended = event.window_extension_requested and p.window_extendable
+    return start + timedelta(
+        seconds=p.extended_recovery_window_s if extended else p.recovery_window_s
+    )

@@ -1,0 +1,190 @@
+"""The reference executor and a simulated platform, for the local stack and the end-to-end tests.
+
+It plays everyone downstream of the decisions. As the **executor** it applies each action a case
+step released (read from `case_steps`, keyed by the action key) and reports it: completed, or
+failed for good for a configurable share. As the **platform, carrier and buyers** it answers what
+an open case waits for: the buyer pays the recalled or reissued order, the channel re-query
+answers (paid in 83% of cases, the seed's figure), the merchant ships, the evidence arrives, the
+platform gives its verdict. Every choice is a pure function of the seed and the case step, and
+every event id is derived from the case step, so running it twice (or restarting it) sends the
+same events, which the lifecycle deduplicates.
+
+It reads with the reports role and only produces to the resolution topics: it never writes the
+service's tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import orjson
+import psycopg
+from confluent_kafka import Producer
+
+from order_recovery.adapters.kafka_messages import produce_all
+from order_recovery.config import Settings
+from order_recovery.core.records import OutgoingMessage
+
+log = logging.getLogger(__name__)
+
+_NAMESPACE = uuid.UUID("3d6f0b8e-2a41-4c77-9e2b-5b1f0c9d7a13")
+
+
+@dataclass(frozen=True, slots=True)
+class Odds:
+    """Shares of what happens next (each in 0..1); the defaults make most cases recover."""
+
+    action_fails: float = 0.03
+    buyer_pays: float = 0.9
+    channel_finds_payment: float = 0.83
+    merchant_ships: float = 0.95
+    evidence_arrives: float = 0.85
+    verdict_won: float = 0.8
+
+
+def _chance(seed: int, *parts: object) -> float:
+    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _event_id(*parts: object) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "/".join(map(str, parts))))
+
+
+def _envelope(kind: str, order_id: str, platform: str, ref: str, at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": _event_id(order_id, ref, kind),
+        "event_type": kind,
+        "schema_version": 1,
+        "occurred_at": at.isoformat(),
+        "platform": platform,
+        "order_id": order_id,
+    }
+
+
+#: The actions the simulated platform may refuse; the rest (a review, a freeze) always complete.
+FALLIBLE = frozenset(
+    {"issue_coupon", "auto_refund", "recall_order", "reissue_order_with_payment_link"}
+)
+#: How far back each poll looks for steps: a transaction that began earlier may commit later.
+LOOKBACK = timedelta(minutes=1)
+RELEASED = """SELECT s.order_id, s.exception_type, c.platform, s.seq, a.action, a.key
+    FROM case_steps s JOIN cases c USING (order_id, exception_type),
+         unnest(s.actions, s.action_keys) AS a(action, key)
+    WHERE s.recorded_at >= %s ORDER BY s.recorded_at"""
+OPEN = """SELECT order_id, exception_type, platform, state, seq, amount_fen
+    FROM cases WHERE closed_at IS NULL AND state <> 'awaiting_review'
+      AND state_since >= now() - interval '2 days'"""
+
+
+def executor_reports(
+    rows: list[tuple[Any, ...]], seed: int, odds: Odds, now: datetime
+) -> Iterator[dict[str, Any]]:
+    """An action-report per released action: completed, or failed for good for a share."""
+    for order_id, exception_type, platform, _seq, action, key in rows:
+        failed = action in FALLIBLE and _chance(seed, key, "fails") < odds.action_fails
+        yield {
+            **_envelope("action-report", order_id, platform, key, now),
+            "exception_type": exception_type,
+            "action": action,
+            "action_key": key,
+            "status": "failed" if failed else "completed",
+            "final": True,
+            "detail": "the platform refused it (simulated)" if failed else None,
+        }
+
+
+def platform_answers(
+    rows: list[tuple[Any, ...]], seed: int, odds: Odds, now: datetime
+) -> Iterator[dict[str, Any]]:
+    """What the world does about each open case, once per case step (None: it stays silent,
+    and the case's deadline decides)."""
+    for order_id, exception_type, platform, state, seq, amount_fen in rows:
+        ref = f"{exception_type}/{seq}"
+        roll = _chance(seed, order_id, ref)
+        env = partial(_envelope, order_id=order_id, platform=platform, ref=ref, at=now)
+        if state == "awaiting_payment" and roll < odds.buyer_pays:
+            yield {**env("payment-completed"), "amount_fen": amount_fen}
+        elif state == "awaiting_channel_query":
+            paid = roll < odds.channel_finds_payment
+            yield {**env("channel-query-result"), "answer": "paid" if paid else "failed"}
+        elif state == "awaiting_shipment" and roll < odds.merchant_ships:
+            yield {
+                **env("parcel-handed-over"),
+                "carrier": "SF",
+                "tracking_no": f"SF{seq}{order_id[-6:]}",
+            }
+        elif state == "awaiting_evidence" and roll < odds.evidence_arrives:
+            evidence = [{"kind": "tracking_screenshot", "uri": f"oss://evidence/{order_id}.png"}]
+            yield {**env("evidence-uploaded"), "evidence": evidence}
+        elif state == "awaiting_verdict":
+            won = roll < odds.verdict_won
+            yield {
+                **env("platform-verdict"),
+                "proceeding": "arbitration" if platform == "taobao" else "appeal",
+                "result": "won" if won else "lost",
+                "amount_fen": amount_fen if won else 0,
+            }
+
+
+class ReferencePlatform:
+    """Polls the cases, produces what the executor and the world would, every `interval_s`."""
+
+    def __init__(
+        self, settings: Settings, *, seed: int = 7, odds: Odds = Odds(), interval_s: float = 1.0
+    ) -> None:
+        self.settings, self.seed, self.odds, self.interval_s = settings, seed, odds, interval_s
+        self.stop = threading.Event()
+        self._sent: set[str] = set()
+
+    def run(self) -> int:
+        producer = Producer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "enable.idempotence": True,
+                "linger.ms": 20,
+            }
+        )
+        since = datetime(1970, 1, 1, tzinfo=UTC)
+        try:
+            with psycopg.connect(self.settings.database_reader_url, autocommit=True) as conn:
+                while not self.stop.is_set():
+                    now = datetime.now(UTC)
+                    released = conn.execute(RELEASED, (since - LOOKBACK,)).fetchall()
+                    open_cases = conn.execute(OPEN).fetchall()
+                    since = now
+                    events = [
+                        *executor_reports(released, self.seed, self.odds, now),
+                        *platform_answers(open_cases, self.seed, self.odds, now),
+                    ]
+                    self._send(producer, events)
+                    self.stop.wait(self.interval_s)
+        finally:
+            producer.flush(30)
+        return 0
+
+    def _send(self, producer: Producer, events: list[dict[str, Any]]) -> None:
+        fresh = [e for e in events if e["event_id"] not in self._sent]
+        produce_all(
+            producer,
+            (
+                OutgoingMessage(
+                    self.settings.source_topic(e["event_type"]),
+                    e["order_id"].encode(),
+                    orjson.dumps({k: v for k, v in e.items() if v is not None}),
+                )
+                for e in fresh
+            ),
+        )
+        producer.flush(10)
+        self._sent.update(e["event_id"] for e in fresh)
+        if fresh:
+            log.info("reference platform: sent %d resolution events", len(fresh))
