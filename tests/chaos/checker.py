@@ -109,7 +109,9 @@ def read_stored(dsn: str) -> Stored:
             {
                 e: n
                 for e, n in conn.execute(
-                    "SELECT event_id::text, count(*) FROM audit_log GROUP BY 1"
+                    # a decision's audit rows (a case's steps are audited too: `step`)
+                    "SELECT event_id::text, count(*) FROM audit_log"
+                    " WHERE NOT detail ? 'step' GROUP BY 1"
                 )
             }
         )

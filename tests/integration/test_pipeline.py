@@ -16,12 +16,16 @@ from order_recovery.config import Settings
 from order_recovery.core.pipeline import Pipeline
 from order_recovery.core.records import HistoryKeys, SourceRecord
 from order_recovery.core.stored_history import StoredHistory
-from order_recovery.domain.contract import validate_outcome
+from order_recovery.domain.case import Transition, open_case
+from order_recovery.domain.contract import event_from_dict, validate_outcome
+from order_recovery.domain.policy import load_policies
 from order_recovery.domain.sample import sample_events
 from tests.support.kafka_io import read_topic
 from tests.support.pipeline_run import PRODUCED_MS
 from tests.support.pipelines import PipelineBuilder
 from tests.support.reference import expected_decisions
+
+POLICIES = load_policies()
 
 
 @pytest.fixture
@@ -41,6 +45,10 @@ def _records(settings: Settings, events: list[dict], start_offset: int = 0) -> l
         )
         for i, e in enumerate(events)
     ]
+
+
+#: The audit rows of decisions (a case's steps have theirs too, with a `step` in the detail).
+DECISION_AUDIT = "audit_log WHERE NOT detail ? 'step'"
 
 
 def _count(settings: Settings, table: str) -> int:
@@ -147,8 +155,8 @@ def test_a_batch_another_worker_already_wrote_is_decided_again_on_a_fresh_read(
     result = build(store).process(_records(settings, events))
     assert store.reads == 2  # the stale read, then the one after the conflict
     assert (result.decided, result.duplicates) == (len(events) - 30, 30)
-    for table in ("decisions", "audit_log"):
-        assert _count(settings, table) == len(events), table
+    assert _count(settings, "decisions") == len(events)
+    assert _count(settings, DECISION_AUDIT) == len(events)
     assert _outboxed(settings) == len(events)
     outcomes = read_topic(settings.kafka_bootstrap_servers, settings.outcome_topic)
     assert len(outcomes) == len(events)
@@ -251,15 +259,31 @@ def test_every_stored_column_says_what_the_rules_decided(
         audit = {
             event_id: (to_status, detail)
             for event_id, to_status, detail in conn.execute(
-                "SELECT event_id::text, to_status, detail FROM audit_log"
+                "SELECT event_id::text, to_status, detail FROM audit_log WHERE NOT detail ? 'step'"
             )
         }
+        opened = conn.execute(
+            """SELECT c.opened_by::text, c.state, s.rule_id FROM cases c
+               JOIN case_steps s USING (order_id, exception_type) WHERE s.seq = 1"""
+        ).fetchall()
+        step_audits = conn.execute(
+            "SELECT count(*) FROM audit_log WHERE detail ? 'step'"
+        ).fetchone()
         payloads = [
             bytes(p)
             for (batch,) in conn.execute("SELECT payloads FROM outbox_batches ORDER BY created_at")
             for p in batch
         ]
     assert len(decisions) == len(expected) == len(audit)
+    # Each case opened by the first decision of its order and type that is not a rejection.
+    first: dict[tuple[str, str], tuple[str, str, str]] = {}
+    for doc in events:
+        d, key = expected[doc["event_id"]], (doc["order_id"], doc["event_type"])
+        if d.outcome != "rejected" and key not in first:
+            step = open_case(event_from_dict(doc), d, POLICIES[doc["platform"]])
+            assert isinstance(step, Transition)
+            first[key] = (doc["event_id"], str(step.to_state), step.rule_id)
+    assert sorted(opened) == sorted(first.values()) and step_audits == (len(first),)
     for (event_id, order_id, etype, platform, buyer, fen, occurred, outcome, rules, flags,
          reason, version, offset, event_text) in decisions:  # fmt: skip
         d, doc = expected[event_id], raw[event_id]

@@ -13,13 +13,13 @@ from typing import Any
 import psycopg
 
 # Within one instant, the cause before its effects.
-_KIND_ORDER = {"event": 0, "decision": 1, "action": 2, "compensation": 3, "audit": 4}
+_KIND_ORDER = {"event": 0, "decision": 1, "action": 2, "compensation": 3, "audit": 4, "step": 5}
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     at: datetime
-    kind: str  # event | decision | action | compensation | audit
+    kind: str  # event | decision | action | compensation | audit | step (a case's)
     exception_type: str
     event_id: str
     summary: str
@@ -115,13 +115,15 @@ def timeline(conn: psycopg.Connection[Any], order_id: str) -> list[Entry]:
            FROM audit_log WHERE order_id = %s ORDER BY id""",
         (order_id,),
     ):
+        step = "step" in detail  # a case's step (domain.case), else a decision's audit row
+        summary = f"{from_status or '(new)'} -> {to_status}"
         entries.append(
             Entry(
                 at,
-                "audit",
+                "step" if step else "audit",
                 etype,
                 event_id,
-                f"{from_status or '(new)'} -> {to_status}",
+                f"{summary}: {detail['rule_id']}" if step else summary,
                 {"from_status": from_status, "to_status": to_status, **detail},
                 audit_id,
             )

@@ -83,6 +83,7 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
         ("decision", e2, "recovered: shipping.coupon_within_7d, compensation.already_granted"),
         ("action", e2, "update_shipping_status"),
         ("audit", e, "(new) -> recovered"),
+        ("step", e, "(new) -> awaiting_shipment: case.open.shipment"),
         ("audit", e2, "recovered -> recovered"),
     ]
     assert [datetime.fromisoformat(x["at"]) for x in timeline[:2]] == [T0, T0 + 20 * M]
