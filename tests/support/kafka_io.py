@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -132,6 +132,29 @@ def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
     )
 
 
+#: What a broker answers while a partition's leadership is still settling (a single KRaft node
+#: busy creating and deleting the tests' topics): worth asking again.
+_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 20.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return low, high
+        except KafkaException as exc:
+            if exc.args[0].code() not in _SETTLING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Message]:
     """Every record currently in the topic, all partitions, from the beginning to the end offsets
     taken now."""
@@ -142,7 +165,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Mess
         metadata = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {}
         for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = _watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])
@@ -185,9 +208,7 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
         for topic in topics:
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
             for p in meta.partitions:
-                out[(topic, p)] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=10
-                )[1]
+                out[(topic, p)] = _watermarks(consumer, TopicPartition(topic, p))[1]
         return out
     finally:
         consumer.close()

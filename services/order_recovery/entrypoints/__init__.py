@@ -1,1 +1,2 @@
-"""The processes' entry points: `recovery-worker` (picks a runtime) and `recoveryctl`."""
+"""The processes' entry points: `recovery-worker` (picks a runtime), `recovery-lifecycle` and
+`recoveryctl`."""

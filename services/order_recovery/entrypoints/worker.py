@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from order_recovery.config import ConfigError, Settings
-from order_recovery.domain.errors import PolicyError
+from order_recovery.config import Settings
+from order_recovery.entrypoints.service import serve
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -22,24 +21,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="consumer runtime (default: ORDER_RECOVERY_RUNTIME, else confluent)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"recovery-worker: {exc}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
-    runtime = args.runtime or settings.runtime
-    if runtime == "confluent":
-        from order_recovery.runtimes.confluent import run
-    else:
-        from order_recovery.runtimes.faust_app import run
-    try:
-        return run(settings)
-    except PolicyError as exc:
-        print(f"recovery-worker: refusing to start: {exc}", file=sys.stderr)
-        return 2
+
+    def run(settings: Settings) -> int:
+        runtime = args.runtime or settings.runtime
+        if runtime == "confluent":
+            from order_recovery.runtimes.confluent import run as run_confluent
+
+            return run_confluent(settings)
+        from order_recovery.runtimes.faust_app import run as run_faust
+
+        return run_faust(settings)
+
+    return serve("recovery-worker", run)
 
 
 if __name__ == "__main__":
