@@ -61,7 +61,7 @@ run: venv up
 	@echo "recovery rate: http://127.0.0.1:$(LOCAL_PROMETHEUS_PORT)/classic/graph?g0.expr=platform%3Aorder_recovery_recovered%3Aratio_rate5m&g0.tab=0&g0.range_input=15m&g1.expr=event_type%3Aorder_recovery_recovered%3Aratio_rate5m&g1.tab=0&g1.range_input=15m"
 	@if [ "$(SAMPLE_RATE)" != 0 ]; then \
 	  echo "sample feed: $(SAMPLE_RATE) events/s (log .local/logs/sample-feed.log)"; \
-	  $(BIN)/recoveryctl produce-sample --count 0 --rate $(SAMPLE_RATE) \
+	  $(BIN)/recoveryctl produce-sample --count 0 --rate $(SAMPLE_RATE) --live \
 	    >.local/logs/sample-feed.log 2>&1 & feeder=$$!; \
 	fi; \
 	$(BIN)/recovery-lifecycle >.local/logs/lifecycle.log 2>&1 & lifecycle=$$!; \

@@ -20,6 +20,7 @@ import pytest
 from order_recovery.adapters.reference_platform import Odds, ReferencePlatform
 from order_recovery.config import Settings
 from order_recovery.domain.case import ReviewVerdict
+from order_recovery.domain.sample import moved_to
 from order_recovery.ops.reviews import decide_review
 from tests.integration.recoveryctl.feed import policy_dir
 from tests.support.kafka_io import produce_events, wait_until
@@ -36,24 +37,12 @@ from tests.unit.domain.factories import (
 
 pytestmark = pytest.mark.e2e
 
-_TIMES = (
-    "occurred_at",
-    "order_created_at",
-    "payment_failed_at",
-    "paid_at",
-    "exception_reported_at",
-    "signed_at",
-)
-
 
 def _now(order_id: str, doc: dict[str, Any], shift: Any) -> dict[str, Any]:
     """The factory's event moved to the present (deadlines run on the stream's time) under its
     own order id and event id."""
-    out = {**doc, "order_id": order_id, "event_id": _event_id(order_id)}
-    for name in _TIMES:
-        if out.get(name):
-            out[name] = (datetime.fromisoformat(out[name]) + shift).isoformat()
-    return out
+    at = datetime.fromisoformat(doc["occurred_at"]) + shift
+    return {**moved_to(doc, at), "order_id": order_id, "event_id": _event_id(order_id)}
 
 
 def _event_id(order_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import orjson
 from confluent_kafka import Producer
@@ -12,7 +13,7 @@ from confluent_kafka import Producer
 from order_recovery.adapters.kafka_messages import produce_all
 from order_recovery.config import Settings
 from order_recovery.core.records import OutgoingMessage
-from order_recovery.domain.sample import sample_events
+from order_recovery.domain.sample import moved_to, sample_events
 
 CHUNK = 1000
 
@@ -23,10 +24,12 @@ def produce_sample(
     rate: float | None,
     seed: int,
     progress: Callable[[int], None] = lambda sent: None,
+    live: bool = False,
 ) -> int:
     """Send `count` events (0 = until interrupted) at most `rate` per second (None = as fast as
     the broker takes them). Chunks of the generator use consecutive seeds, so a long feed does
-    not repeat itself."""
+    not repeat itself. `live`: each event dated now as it is sent (a redelivery keeps the
+    date of its first sending), so its case lives in the present, beside the wall clock."""
     producer = Producer(
         {
             "bootstrap.servers": settings.kafka_bootstrap_servers,
@@ -42,7 +45,11 @@ def produce_sample(
         chunk_seed = seed
         while count == 0 or sent < count:
             size = CHUNK if count == 0 else min(CHUNK, count - sent)
+            first_sent: dict[str, datetime] = {}
             for event in sample_events(size, seed=chunk_seed):
+                if live:
+                    at = first_sent.setdefault(event["event_id"], datetime.now(UTC))
+                    event = moved_to(event, at)
                 if rate:
                     delay = started + sent / rate - time.monotonic()
                     if delay > 0:

@@ -239,3 +239,26 @@ def sample_events(
         at = start + n * 7 * _S + rng.randrange(7) * _S
         events.append(rng.choice(_MAKERS)(rng, n, seed, at))
     return events
+
+
+#: Every timestamp field an event of the contract can carry (envelope and type-specific).
+TIMESTAMP_FIELDS = (
+    "occurred_at",
+    "order_created_at",
+    "payment_failed_at",
+    "paid_at",
+    "exception_reported_at",
+    "signed_at",
+)
+
+
+def moved_to(event: dict[str, Any], occurred_at: datetime) -> dict[str, Any]:
+    """The event as if it happened at `occurred_at`: every timestamp moved by the same amount,
+    so what the rules measure (time since payment, since the failure...) stays the same. A live
+    feed uses it: its cases then meet their deadlines and their resolutions in the present."""
+    shift = occurred_at - datetime.fromisoformat(event["occurred_at"])
+    moved = dict(event)
+    for name in TIMESTAMP_FIELDS:
+        if moved.get(name):
+            moved[name] = _iso(datetime.fromisoformat(moved[name]) + shift)
+    return moved

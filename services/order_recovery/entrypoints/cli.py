@@ -75,7 +75,7 @@ def _produce_sample(args: argparse.Namespace, settings: Settings) -> int:
         if sys.stderr.isatty():
             print(f"\rsent {sent}", end="", file=sys.stderr, flush=True)
 
-    sent = produce_sample(settings, args.count, args.rate, args.seed, progress)
+    sent = produce_sample(settings, args.count, args.rate, args.seed, progress, args.live)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(f"sent {sent} sample events to {settings.topic_prefix}*")
@@ -370,6 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="events per second at most (default: as fast as possible)",
     )
     sample.add_argument("--seed", type=int, default=1, help="generator seed (same seed, same feed)")
+    sample.add_argument(
+        "--live",
+        action="store_true",
+        help="date each event now as it is sent (its case then lives in the present)",
+    )
     sample.set_defaults(handler=_produce_sample)
 
     json_flag = argparse.ArgumentParser(add_help=False)

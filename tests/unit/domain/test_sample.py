@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 from order_recovery.domain import OrderHistory, decide, event_from_dict, sample_events
+from order_recovery.domain.sample import moved_to
 
-from .factories import POLICIES
+from .factories import POLICIES, run
 
 
 def test_same_seed_same_events_other_seed_other_events():
@@ -93,3 +95,18 @@ def test_a_few_exact_duplicates():
     duplicates = [group for group in by_id.values() if len(group) > 1]
     assert 10 <= sum(len(g) - 1 for g in duplicates) <= 100  # about 2 %
     assert all(all(e == group[0] for e in group) for group in duplicates)
+
+
+def test_an_event_moved_in_time_is_decided_the_same():
+    """The live feed dates each event now; what the rules measure must not change with it."""
+    now = datetime(2026, 12, 2, 9, 40, tzinfo=UTC)
+    for doc in sample_events(300, seed=5):
+        moved = moved_to(doc, now)
+        assert datetime.fromisoformat(moved["occurred_at"]) == now
+        before, after = run(doc), run(moved)
+        assert (after.outcome, after.rule_ids, after.actions, after.compensation) == (
+            before.outcome,
+            before.rule_ids,
+            before.actions,
+            before.compensation,
+        )

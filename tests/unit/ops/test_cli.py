@@ -16,7 +16,7 @@ from order_recovery.entrypoints.cli import build_parser, main
 COMMANDS = {
     ("topics", "create"): [],
     ("db", "migrate"): [],
-    ("produce-sample",): ["--count", "--rate", "--seed"],
+    ("produce-sample",): ["--count", "--rate", "--seed", "--live"],
     ("simulate-platform",): ["--seed", "--fail-share", "--interval"],
     ("policy", "check"): ["DIR", "--json"],
     ("dlq", "list"): ["--json"],
