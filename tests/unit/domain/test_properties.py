@@ -24,6 +24,7 @@ from order_recovery.domain import (
     validate_outcome,
 )
 from order_recovery.domain.outcome import outcome_json
+from order_recovery.domain.sample import moved_to
 
 from .factories import (
     POLICIES,
@@ -54,22 +55,7 @@ def test_same_input_same_decision(doc, history):
 
 
 def _shift(doc: dict[str, Any], delta: timedelta) -> dict[str, Any]:
-    moved = copy.deepcopy(doc)
-
-    def move(container: dict[str, Any], key: str) -> None:
-        if container.get(key) is not None:
-            container[key] = (datetime.fromisoformat(container[key]) + delta).isoformat()
-
-    for key in (
-        "occurred_at",
-        "order_created_at",
-        "payment_failed_at",
-        "paid_at",
-        "exception_reported_at",
-        "signed_at",
-    ):
-        move(moved, key)
-    return moved
+    return moved_to(doc, datetime.fromisoformat(doc["occurred_at"]) + delta)
 
 
 @settings(max_examples=200)

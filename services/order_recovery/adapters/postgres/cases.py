@@ -21,7 +21,7 @@ import msgspec
 import orjson
 import psycopg
 
-from order_recovery.adapters.postgres.faults import transient
+from order_recovery.adapters.postgres.faults import in_core_terms
 from order_recovery.core.faults import WriteConflict
 from order_recovery.core.ports import CaseKey
 from order_recovery.domain.case import (
@@ -266,20 +266,18 @@ class PostgresCaseStore:
 
     @contextmanager
     def work(self) -> Iterator[PostgresCaseWork]:
-        try:
-            conn = self._connection()
-            with conn.transaction():
-                yield PostgresCaseWork(conn)
-        except psycopg.errors.UniqueViolation as exc:
-            if exc.diag.constraint_name == _REVIEW_ONCE:
-                raise ReviewRefused("this review was applied before") from exc
-            raise WriteConflict(f"another writer stored it first: {exc}") from exc
-        except psycopg.Error as exc:
-            self.close()
-            fault = transient(exc)
-            if fault is None:
+        with in_core_terms():  # a fault a retry may fix becomes the core's Transient
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    yield PostgresCaseWork(conn)
+            except psycopg.errors.UniqueViolation as exc:
+                if exc.diag.constraint_name == _REVIEW_ONCE:
+                    raise ReviewRefused("this review was applied before") from exc
+                raise WriteConflict(f"another writer stored it first: {exc}") from exc
+            except psycopg.Error:
+                self.close()  # the next unit of work starts on a fresh connection
                 raise
-            raise fault from exc
 
     def case(self, key: CaseKey) -> Case | None:
         with self.work() as work:
