@@ -32,6 +32,7 @@ PG_LEGACY_USER=${LOCAL_PG_USER:-recovery}
 READY_TIMEOUT=${LOCAL_READY_TIMEOUT:-90}
 PROM_PORT=${LOCAL_PROMETHEUS_PORT:-19090}
 WORKER_METRICS_PORT=${ORDER_RECOVERY_METRICS_PORT:-9464}
+LIFECYCLE_METRICS_PORT=${ORDER_RECOVERY_LIFECYCLE_METRICS_PORT:-9465}
 ALL_SERVICES=(kafka postgres prometheus)
 
 KAFKA_DIR=$LOCAL/kafka
@@ -336,6 +337,7 @@ prom_bin() {
 prom_render_config() {
   mkdir -p "$PROM_DIR/data"
   sed -e "s|127\.0\.0\.1:9464|127.0.0.1:$WORKER_METRICS_PORT|g" \
+    -e "s|127\.0\.0\.1:9465|127.0.0.1:$LIFECYCLE_METRICS_PORT|g" \
     -e "s|- rules/|- $ROOT/deploy/prometheus/rules/|g" \
     "$ROOT/deploy/prometheus/prometheus.yml" >"$PROM_DIR/prometheus.yml"
 }

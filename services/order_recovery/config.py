@@ -96,6 +96,8 @@ class Settings:
     group_instance_id: str | None = None
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # The lifecycle process's /metrics (the case figures), /healthz and /readyz.
+    lifecycle_metrics_port: int = 9465
     batch_size: int = 2000
     batch_timeout_s: float = 0.05
     max_poll_interval_ms: int = 300_000
@@ -125,6 +127,7 @@ class Settings:
             group_instance_id=env.get("ORDER_RECOVERY_GROUP_INSTANCE_ID") or None,
             metrics_host=env.get("ORDER_RECOVERY_METRICS_HOST") or defaults.metrics_host,
             metrics_port=_int(env, "ORDER_RECOVERY_METRICS_PORT", 9464),
+            lifecycle_metrics_port=_int(env, "ORDER_RECOVERY_LIFECYCLE_METRICS_PORT", 9465),
             batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 2000, minimum=1),
             batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.05),
             max_poll_interval_ms=_int(

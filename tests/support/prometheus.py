@@ -27,6 +27,7 @@ PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 RULE_FILES = (PROMETHEUS_DIR / "rules" / "recording.yml", PROMETHEUS_DIR / "rules" / "alerts.yml")
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "order-recovery.json"
 JOB = "order-recovery"  # the scrape job of deploy/prometheus/prometheus.yml; alerts name it
+LIFECYCLE_JOB = "order-recovery-lifecycle"  # the lifecycle processes' (the case figures)
 
 # Series Prometheus itself makes, which the rules and the dashboard may read beside the worker's.
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS"})
@@ -67,6 +68,7 @@ class PrometheusServer:
         self,
         workdir: Path,
         targets: list[str],
+        lifecycle_targets: list[str] | None = None,
         scrape_interval: str = "1s",
         evaluation_interval: str = "1s",
     ) -> None:
@@ -83,7 +85,11 @@ class PrometheusServer:
                 "evaluation_interval": evaluation_interval,
             },
             "rule_files": [str(p) for p in RULE_FILES],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [
+                {"job_name": name, "static_configs": [{"targets": addresses}]}
+                for name, addresses in ((JOB, targets), (LIFECYCLE_JOB, lifecycle_targets))
+                if addresses
+            ],
         }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -96,6 +96,7 @@ def test_compose_creates_the_roles_with_scram_and_each_service_logs_in_as_its_ow
                 logins.setdefault(name, {})[variable] = dsn["user"]
     assert logins == {
         "setup": {"DATABASE_OWNER_URL": "recovery_owner"},
+        "lifecycle": {"DATABASE_URL": "recovery_worker"},
         "worker": {"DATABASE_URL": "recovery_worker"},
         "recoveryctl": {
             "DATABASE_READER_URL": "recovery_reports",

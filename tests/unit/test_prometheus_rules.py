@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
-from order_recovery.adapters.metrics import WorkerMetrics
+from order_recovery.adapters.metrics import LifecycleMetrics, WorkerMetrics
+from order_recovery.adapters.postgres.case_figures import CaseFigures
 from order_recovery.ops.stats import TARGET_MEAN_TTR_S, TARGET_RECOVERY_RATE
 from tests.support.prometheus import (
     DASHBOARD,
@@ -41,7 +45,7 @@ CONFIGS = (PROMETHEUS_DIR / "prometheus.yml", PROMETHEUS_DIR / "prometheus-compo
 # recoveryctl commands that exist or are being built (issue 8); every runbook names one.
 RECOVERYCTL = re.compile(
     r"`recoveryctl (dlq (list|show|replay)|stats|case show ORDER_ID|reconcile --date D|"
-    r"simulate --policy DIR)`"
+    r"simulate --policy DIR|review list)`"
 )
 ALERTS = {
     "OrderRecoveryRateBelowTarget",
@@ -52,6 +56,7 @@ ALERTS = {
     "OrderRecoveryWorkerDown",
     "OrderRecoveryOutboxBacklogGrowing",
     "OrderRecoveryPostgresRetriesSustained",
+    "OrderRecoveryReviewsOverdue",
 }
 RECORDED = {
     f"{level}:order_recovery_recovered:ratio_rate{w}"
@@ -63,7 +68,12 @@ RECORDED = {
     "order_recovery:dead_lettered:ratio_rate5m",
     "order_recovery:time_to_recovery_seconds:p50_5m",
     "order_recovery:time_to_recovery_seconds:p95_5m",
+    "order_recovery:time_to_recovery_seconds:mean5m",
+    "platform:order_recovery_time_to_recovery_seconds:mean5m",
     "order_recovery:batch_duration_seconds:p95_5m",
+    "state_age:order_recovery_cases_open:sum",
+    "platform:order_recovery_cases_awaiting_review_fen:max",
+    "platform:order_recovery_reviews_overdue:max",
 }
 
 
@@ -74,10 +84,27 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def worker_metric_names() -> set[str]:
+    """What the workers and the lifecycle processes export (the case figures by name only:
+    describing them queries nothing)."""
+    figures = CaseFigures("", ["payment-timeout"], ["douyin"])
+    families = [
+        *WorkerMetrics().registry.collect(),
+        *LifecycleMetrics(_Described(figures)).registry.collect(),
+    ]
     names: set[str] = set()
-    for family in WorkerMetrics().registry.collect():
+    for family in families:
         names |= sample_names(family.name, family.type)
     return names
+
+
+class _Described(Collector):
+    """A collector as its description: the families without a reading."""
+
+    def __init__(self, collector: CaseFigures) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collector.describe()
 
 
 def alert_rules() -> dict[str, dict]:
@@ -171,6 +198,7 @@ def test_thresholds_match_the_business_figures() -> None:
     assert alerts["OrderRecoveryConsumerLagGrowing"]["for"] == "10m"
     assert alerts["OrderRecoveryWorkerNotReady"]["for"] == "2m"
     assert alerts["OrderRecoveryWorkerDown"]["for"] == "2m"
+    assert "mean5m" in alerts["OrderRecoveryTimeToRecoveryAboveGoal"]["expr"]  # the goal's a mean
 
 
 def test_rules_name_only_metrics_the_worker_exports() -> None:
@@ -221,6 +249,10 @@ def test_dashboard_shows_what_operators_need() -> None:
         "Retries by cause",
         "Consumer lag per partition",
         "Batch latency heatmap",
+        "Open cases by state",
+        "Open cases by age",
+        "Money held for review (yuan)",
+        "Reviews overdue",
     ):
         assert wanted in titles
     variables = {v["name"]: v for v in dash["templating"]["list"]}

@@ -18,6 +18,7 @@ step number make it take effect once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import threading
@@ -28,15 +29,17 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from order_recovery.adapters.http_server import HealthServer
 from order_recovery.adapters.kafka_messages import source_record
 from order_recovery.adapters.kafka_producer import KafkaPublisher
+from order_recovery.adapters.metrics import LifecycleMetrics
+from order_recovery.adapters.postgres.case_figures import CaseFigures
 from order_recovery.adapters.postgres.cases import PostgresCaseStore
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy
-from order_recovery.config import Settings
+from order_recovery.config import EXCEPTION_TYPES, Settings
 from order_recovery.core.dead_letters import DeadLetterSender
 from order_recovery.core.lifecycle import Lifecycle, decode_resolutions
-from order_recovery.core.ports import BatchReport
 from order_recovery.core.records import SourceRecord
 from order_recovery.domain.policy import load_policies
 from order_recovery.runtimes.confluent import consumer_config
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 POLL_S = 0.5
 TICK_S = 2.0
+FIGURES_REFRESH_S = 5.0
 #: A partition assigned and not read yet: nothing may fire on its account.
 NOTHING_READ = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -82,15 +86,8 @@ class StreamClock:
         return min(times, default=now) - self._grace
 
 
-class _NoMetrics:
-    """The dead-letter sender's observer; the lifecycle's metrics come with the case gauges."""
-
-    def batch_finished(self, report: BatchReport) -> None: ...
-
-    def outcomes_sent(self, count: int) -> None: ...
-
-    def dead_letter_kept(self) -> None:
-        log.warning("a resolution's dead letter was refused by the broker: kept in Postgres")
+#: Not ready once a loop iteration has taken this long (a fault being retried, a stuck call).
+READY_WITHIN_S = 30.0
 
 
 class LifecycleRuntime:
@@ -105,13 +102,19 @@ class LifecycleRuntime:
             settings.kafka_bootstrap_servers, f"order-recovery-lifecycle-{settings.worker_id}"
         )
         self.unsendable = UnsendableStore(settings.database_url)
+        self.figures = CaseFigures(
+            settings.database_url, EXCEPTION_TYPES, policies, refresh_s=FIGURES_REFRESH_S
+        )
+        self.metrics = LifecycleMetrics(self.figures)
         self.dead_letters = DeadLetterSender(
-            settings, self.publisher, self.unsendable, _NoMetrics()
+            settings, self.publisher, self.unsendable, self.metrics
         )
         # A wait longer than max.poll.interval.ms drops the member: its partitions go to
         # another, which re-reads what was not committed, and the resolutions table makes
         # that a no-op. (Polling here could hand over a record this loop would never see.)
-        self.retry = RetryPolicy(self.stopping)
+        self.retry = RetryPolicy(
+            self.stopping, on_retry=lambda cause: self.metrics.retries.labels(cause).inc()
+        )
         config = {
             **consumer_config(settings),
             "group.id": settings.lifecycle_group,
@@ -122,6 +125,8 @@ class LifecycleRuntime:
         self.clock = StreamClock(settings.max_event_skew_s)
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = 0.0
+        self._alive_at = 0.0  # monotonic time the loop last went round
+        self._http: HealthServer | None = None
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -131,6 +136,14 @@ class LifecycleRuntime:
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
+        self._http = HealthServer(
+            self.settings.metrics_host,
+            self.settings.lifecycle_metrics_port,
+            self.metrics.registry,
+            self.is_ready,
+        ).start()
+        host, port = self._http.address
+        log.info("lifecycle: metrics, /healthz and /readyz on http://%s:%d", host, port)
         try:
             while not self.stopping.is_set():
                 messages = self.consumer.consume(BATCH, POLL_S)
@@ -138,7 +151,10 @@ class LifecycleRuntime:
                 if records:
                     self._process(records)
                 self._tick()
+                self._alive_at = time.monotonic()
         finally:
+            self._http.stop()
+            self.figures.close()
             self.consumer.close()
             self.publisher.close()
             self.store.close()
@@ -161,11 +177,18 @@ class LifecycleRuntime:
 
     def _process(self, records: list[SourceRecord]) -> None:
         """Apply, dead-letter, then commit: offsets only move once both are done."""
+        topics = collections.Counter(r.topic for r in records)
+        for topic, n in topics.items():
+            self.metrics.resolutions.labels(self.settings.event_type_of(topic)).inc(n)
         resolutions, dead = decode_resolutions(records, self.policies, self.settings)
         if resolutions:
-            self.retry.call(lambda: self.lifecycle.resolve(resolutions), "apply resolutions")
+            steps = self.retry.call(
+                lambda: self.lifecycle.resolve(resolutions), "apply resolutions"
+            )
+            self.metrics.stepped(s.rule_id for s in steps)
         if dead:
             self.retry.call(lambda: self.dead_letters.publish(dead, []), "dead-letter")
+            self.metrics.dead_letters(dead)
         self.clock.read(records)
         ends: dict[tuple[str, int], int] = {}
         for r in records:
@@ -186,6 +209,7 @@ class LifecycleRuntime:
         until = self.clock.until(datetime.now(UTC))
         adopted = self.retry.call(self.lifecycle.adopt_orphans, "adopt orphans")
         fired = self.retry.call(lambda: self.lifecycle.fire_due(until), "fire deadlines")
+        self.metrics.stepped(s.rule_id for s in (*adopted, *fired))
         if adopted or fired:
             log.info("lifecycle tick: %d adopted, %d deadline steps", len(adopted), len(fired))
 
@@ -199,6 +223,14 @@ class LifecycleRuntime:
         tps = [(p.topic, p.partition) for p in partitions]
         self._assigned.difference_update(tps)
         self.clock.revoked(tps)
+
+    def is_ready(self) -> bool:
+        """Consuming, and the loop went round lately (a Postgres or Kafka fault being retried
+        holds it); the figures' own reading failing counts too."""
+        alive = time.monotonic() - self._alive_at < READY_WITHIN_S
+        ready = alive and not self.stopping.is_set() and self.figures.healthy is not False
+        self.metrics.ready.set(1 if ready else 0)
+        return ready
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping.set()
