@@ -509,12 +509,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser(
         "stats",
         parents=[json_flag],
-        help="recovery rate, outcomes, compensation, time to recovery vs the "
+        help="cases: recovery rate, time to recovery vs the "
         f"{TARGET_RECOVERY_RATE:.0%}% and {TARGET_MEAN_TTR_S // 60} min targets (exit 1 if a "
-        "target is missed)",
+        "target is missed); open cases by state and age; decisions' outcomes and compensation",
     )
-    stats.add_argument("--since", type=parse_when, help="decided at or after (date or time)")
-    stats.add_argument("--until", type=parse_when, help="decided before (date or time)")
+    stats.add_argument(
+        "--since", type=parse_when, help="closed / opened / decided at or after (date or time)"
+    )
+    stats.add_argument(
+        "--until", type=parse_when, help="closed / opened / decided before (date or time)"
+    )
     stats.add_argument("--by", choices=sorted(GROUPINGS), help="one row per platform/type/rule")
     stats.set_defaults(handler=_stats)
 

@@ -143,31 +143,62 @@ def case(out: Console, order_id: str, entries: Sequence[Entry]) -> None:
 
 
 def stats(out: Console, total: Figures, groups: Sequence[Figures], by: str | None) -> None:
-    table = Table(
+    """Cases first (what came of the decisions), then the decisions, then today's open cases."""
+    rows = [*groups, total]
+
+    def name(f: Figures) -> str:
+        return "[bold]all[/]" if f is total else str(f.group)
+
+    cases = Table(
         by or "",
-        "decided",
+        "closed",
         "recovered",
         "rate",
         "mean TTR",
         "p90 TTR",
-        "coupons",
-        "refunds",
-        "outcomes",
+        "closed as",
+        title="cases closed",
     )
-    for f in [*groups, total]:
-        name = "all" if f is total else str(f.group)
-        table.add_row(
-            f"[bold]{name}[/]" if f is total else name,
-            str(f.decided),
+    for f in rows:
+        cases.add_row(
+            name(f),
+            str(f.closed),
             str(f.recovered),
             percent(f.recovery_rate),
             minutes(f.mean_ttr_s),
             minutes(f.p90_ttr_s),
+            ", ".join(f"{k}={n}" for k, n in sorted(f.closed_states.items())),
+        )
+    out.print(cases)
+    decisions = Table(by or "", "decided", "coupons", "refunds", "outcomes", title="decisions")
+    for f in rows:
+        decisions.add_row(
+            name(f),
+            str(f.decided),
             f"{f.coupons} / {fen(f.coupon_fen)}",
             f"{f.refunds} / {fen(f.refund_fen)}",
             ", ".join(f"{k}={n}" for k, n in sorted(f.outcomes.items())),
         )
-    out.print(table)
+    out.print(decisions)
+    open_cases = Table(
+        by or "",
+        "open",
+        "by state",
+        "by age",
+        "awaiting review",
+        "overdue",
+        title="open cases (now)",
+    )
+    for f in rows:
+        open_cases.add_row(
+            name(f),
+            str(f.open),
+            ", ".join(f"{k}={n}" for k, n in sorted(f.open_states.items())),
+            ", ".join(f"{k}={n}" for k, n in f.open_ages.items()),
+            f"{f.held_for_review} / {fen(f.held_for_review_fen)}",
+            str(f.reviews_overdue),
+        )
+    out.print(open_cases)
     out.print(
         f"recovery rate {percent(total.recovery_rate)} (target {TARGET_RECOVERY_RATE:.0%}): "
         f"{_mark(total.rate_ok)};  mean time to recovery {minutes(total.mean_ttr_s)} "

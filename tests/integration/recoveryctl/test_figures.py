@@ -97,58 +97,61 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
     assert (missing.code, missing.err) == (1, "recoveryctl: no decisions for order ord-nope\n")
 
 
-def test_stats_figures_and_targets(ctl: Ctl, decided: dict[str, str]) -> None:
+def test_stats_figures_of_decisions_and_the_cases_they_opened(
+    ctl: Ctl, decided: dict[str, str]
+) -> None:
+    """The decisions' outcomes and compensation by decision time; the cases they opened: b, c
+    and h closed at once as expired, the others wait (nothing answered them here; the lifecycle
+    figures: test_case_figures.py)."""
     run = ctl("stats", "--json")
-    assert run.code == 1, "50 % recovered and 22 min mean miss both targets"
+    assert run.code == 1, "no case recovered: the rate target is missed"
     total = run.json["total"]
-    assert (total["decided"], total["recovered"], total["recovery_rate"]) == (10, 5, 0.5)
+    assert total["decided"] == 10
     assert total["outcomes"] == {"recovered": 5, "expired": 3, "closed_no_recovery": 2}
     assert total["compensation"] == {
         "coupon": {"count": 2, "amount_fen": 3000},
         "refund": {"count": 2, "amount_fen": 35000},
     }
-    # Recovered: a 5, d 10, e 20, e2 45, j 30 minutes.
-    assert total["mean_time_to_recovery_s"] == pytest.approx(22 * 60)
-    assert total["p90_time_to_recovery_s"] == 45 * 60
+    assert (total["cases_opened"], total["cases_closed"], total["recovered"]) == (9, 3, 0)
+    assert total["closed_states"] == {"expired": 3}
+    assert total["mean_time_to_recovery_s"] is None
+    assert total["open_cases"]["states"] == {
+        "awaiting_payment": 2,
+        "awaiting_shipment": 2,
+        "awaiting_refund": 2,
+    }
     assert (total["recovery_rate_target_met"], total["time_to_recovery_target_met"]) == (
         False,
-        False,
+        None,
     )
 
     by = ctl("stats", "--json", "--by", "platform").json["groups"]
-    assert {g["group"]: (g["decided"], g["recovered"]) for g in by} == {
-        "douyin": (9, 5),
-        "taobao": (1, 0),
+    assert {g["group"]: (g["decided"], g["cases_closed"]) for g in by} == {
+        "douyin": (9, 2),
+        "taobao": (1, 1),
     }
     rules = {g["group"]: g for g in ctl("stats", "--json", "--by", "rule").json["groups"]}
     assert (
         rules["payment.outside_window"]["decided"],
-        rules["payment.outside_window"]["recovered"],
-    ) == (3, 0)
+        rules["payment.outside_window"]["cases_closed"],
+    ) == (3, 3)
     assert rules["shipping.fresh_refund_2h"]["compensation"]["refund"] == {
         "count": 2,
         "amount_fen": 35000,
     }
     assert rules["shipping.coupon_within_7d"]["decided"] == 3
+    assert rules["shipping.coupon_within_7d"]["cases_opened"] == 2  # e2 opened none
     types = {
         g["group"]: g["decided"] for g in ctl("stats", "--json", "--by", "type").json["groups"]
     }
     assert types == {"payment-timeout": 5, "shipping-delay": 5}
 
     late = ctl("stats", "--json", "--since", (T0 + 15 * M).isoformat())
-    assert late.code == 1
-    assert (late.json["total"]["decided"], late.json["total"]["recovered"]) == (3, 3)
-    assert late.json["total"]["mean_time_to_recovery_s"] == pytest.approx((20 + 45 + 30) / 3 * 60)
-
-    early = ctl(
-        "stats", "--json", "--since", (T0 + 2 * M).isoformat(), "--until", (T0 + 15 * M).isoformat()
-    )
-    assert early.code == 0, "a and d: 100 % recovered, 7.5 min mean: both targets met"
-    assert early.json["total"]["mean_time_to_recovery_s"] == pytest.approx(7.5 * 60)
+    assert late.json["total"]["decided"] == 3
 
     text = ctl("stats")
-    assert "recovery rate 50.0% (target 92%): missed" in text.out
-    assert "mean time to recovery 22.0 min (target 15 min): missed" in text.out
+    assert "recovery rate 0.0% (target 92%): missed" in text.out
+    assert "decisions" in text.out and "open cases (now)" in text.out
 
 
 def test_reconcile_finds_missing_extra_and_mismatch(
