@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from order_recovery.config import Settings
 
@@ -137,3 +138,22 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class LifecycleProcess(WorkerProcess):
+    """`recovery-lifecycle` as a process: its /metrics (the case figures), /healthz and /readyz
+    on its own port."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "lifecycle", **kw: Any):
+        super().__init__(settings, log_dir, name=name, **kw)
+        self.env["ORDER_RECOVERY_LIFECYCLE_METRICS_PORT"] = str(self.port)
+
+    def start(self) -> LifecycleProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "order_recovery.entrypoints.lifecycle"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
