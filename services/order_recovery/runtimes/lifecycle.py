@@ -106,6 +106,7 @@ class LifecycleRuntime:
             settings.database_url, EXCEPTION_TYPES, policies, refresh_s=FIGURES_REFRESH_S
         )
         self.metrics = LifecycleMetrics(self.figures)
+        self.metrics.ready.set_function(lambda: 1.0 if self.is_ready() else 0.0)
         self.dead_letters = DeadLetterSender(
             settings, self.publisher, self.unsendable, self.metrics
         )
@@ -228,9 +229,7 @@ class LifecycleRuntime:
         """Consuming, and the loop went round lately (a Postgres or Kafka fault being retried
         holds it); the figures' own reading failing counts too."""
         alive = time.monotonic() - self._alive_at < READY_WITHIN_S
-        ready = alive and not self.stopping.is_set() and self.figures.healthy is not False
-        self.metrics.ready.set(1 if ready else 0)
-        return ready
+        return alive and not self.stopping.is_set() and self.figures.healthy is not False
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping.set()

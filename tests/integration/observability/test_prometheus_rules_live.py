@@ -1,5 +1,6 @@
 """The recording rules, alert rules and Grafana dashboard against a real Prometheus scraping a real
-worker (confluent runtime) fed a mix whose recovery rates are known in advance.
+worker (confluent runtime) fed a mix whose decisions are known in advance, and the case figures
+of a case mix whose recovery rates and times are known in advance.
 
 One worker and one Prometheus (scrape and evaluation every second) serve the whole module: the
 scenario takes about a minute on a small machine. Prometheus missing is a failure, not a skip:
@@ -9,15 +10,16 @@ scenario takes about a minute on a small machine. Prometheus missing is a failur
 from __future__ import annotations
 
 import math
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from order_recovery.config import Settings
+from tests.support import case_mix
 from tests.support.databases import scratch_database
 from tests.support.kafka_io import own_topics
-from tests.support.known_mix import overall_recovery_rate, recovery_rates
 from tests.support.observed_mix import ObservedMix, observed_known_mix
 from tests.support.prometheus import (
     PROMETHEUS_SERIES,
@@ -57,6 +59,11 @@ def observed(
         yield mix
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return str(r.read().decode())
+
+
 def _assert_close(got: dict[str, float], want: dict[str, float], what: str) -> None:
     assert set(got) == set(want), f"{what}: label values {sorted(got)} != {sorted(want)}"
     for key, value in want.items():
@@ -77,27 +84,37 @@ def test_the_worker_decided_the_mix_as_the_rules_say(observed: ObservedMix) -> N
 
 
 @pytest.mark.parametrize("window", ["5m", "1h"])
-def test_recovery_rate_rules_return_the_rates_of_the_mix(
+def test_recovery_rate_rules_return_the_rates_of_the_case_mix(
     observed: ObservedMix, window: str
 ) -> None:
-    prom, labels = observed.prometheus, observed.labels
-    by_type = recovery_rates(labels, "event_type")
-    by_platform = recovery_rates(labels, "platform")
-    # The mix has a type that never recovers: its rate must be 0, not missing.
-    assert 0.0 in by_type.values()
-    _assert_close(
-        prom.values_by(f"event_type:order_recovery_recovered:ratio_rate{window}", "event_type"),
-        by_type,
-        f"event_type:order_recovery_recovered:ratio_rate{window}",
-    )
+    prom = observed.prometheus
+    # pinduoduo closed cases and recovered none: its rate must be 0, not missing.
+    assert 0.0 in case_mix.RATES_BY_PLATFORM.values()
     _assert_close(
         prom.values_by(f"platform:order_recovery_recovered:ratio_rate{window}", "platform"),
-        by_platform,
+        case_mix.RATES_BY_PLATFORM,
         f"platform:order_recovery_recovered:ratio_rate{window}",
     )
+    _assert_close(
+        prom.values_by(f"event_type:order_recovery_recovered:ratio_rate{window}", "event_type"),
+        case_mix.RATES_BY_TYPE,
+        f"event_type:order_recovery_recovered:ratio_rate{window}",
+    )
     overall = prom.scalar(f"order_recovery:recovered:ratio_rate{window}")
-    assert overall is not None
-    assert math.isclose(overall, overall_recovery_rate(labels), abs_tol=TOLERANCE)
+    assert overall is not None and math.isclose(overall, 0.5, abs_tol=TOLERANCE)
+
+
+def test_time_to_recovery_rules_return_the_means_of_the_case_mix(observed: ObservedMix) -> None:
+    prom = observed.prometheus
+    _assert_close(
+        prom.values_by("platform:order_recovery_time_to_recovery_seconds:mean5m", "platform"),
+        case_mix.MEAN_TTR_BY_PLATFORM,
+        "platform:order_recovery_time_to_recovery_seconds:mean5m",
+    )
+    # douyin's four recoveries are all 600 s (the 600 s bucket), taobao's one 1200 s.
+    p50 = prom.values_by("platform:order_recovery_time_to_recovery_seconds:p50_5m", "platform")
+    assert set(p50) == {"douyin", "taobao"}
+    assert 300 < p50["douyin"] <= 600 and 900 < p50["taobao"] <= 1800
 
 
 def test_every_rule_evaluates_healthy(observed: ObservedMix) -> None:
@@ -118,18 +135,15 @@ def test_the_other_recording_rules_have_data(observed: ObservedMix) -> None:
     outcomes = prom.values_by("outcome:order_recovery_events_decided:rate5m", "outcome")
     assert {o for o, rate in outcomes.items() if rate > 0} == {k[2] for k in observed.labels}
     assert prom.scalar("order_recovery:dead_lettered:rate5m") == 0.0  # no dead letter yet: 0
-    # The sample's event times are in 2025: every recovery took longer than the last finite
-    # bucket (1 day), which histogram_quantile reports as that bucket's bound.
     for name in (
         "order_recovery:time_to_recovery_seconds:p50_5m",
         "order_recovery:time_to_recovery_seconds:p95_5m",
     ):
-        assert prom.scalar(name) == 86400.0, name
-    recovering = {k[1] for k in observed.labels if k[2] == "recovered"}
-    assert (
-        set(prom.values_by("platform:order_recovery_time_to_recovery_seconds:p50_5m", "platform"))
-        == recovering
-    )
+        value = prom.scalar(name)
+        assert value is not None and 0 < value <= 1800, name
+    states = prom.values_by("state:order_recovery_cases_open:sum", "state")
+    assert states and all(v >= 0 for v in states.values())
+    assert sum(states.values()) > 0, "the mix leaves cases open (nobody answers them here)"
     batch_p95 = prom.scalar("order_recovery:batch_duration_seconds:p95_5m")
     assert batch_p95 is not None and 0 < batch_p95 <= 30
 
@@ -137,22 +151,23 @@ def test_the_other_recording_rules_have_data(observed: ObservedMix) -> None:
 def test_alerts_go_pending_where_the_mix_breaks_a_threshold(observed: ObservedMix) -> None:
     """Against the live series: the rate and time-to-recovery alerts are pending (their `for` is
     15 minutes) exactly for the platforms that break them; the worker alerts stay quiet."""
-    prom, labels = observed.prometheus, observed.labels
+    prom = observed.prometheus
     alerts = prom.api("alerts")["alerts"]
     by_name: dict[str, set[str]] = {}
     for alert in alerts:
         by_name.setdefault(alert["labels"]["alertname"], set()).add(
             alert["labels"].get("platform", alert["labels"].get("instance", ""))
         )
-    below = {p for p, rate in recovery_rates(labels, "platform").items() if rate < 0.92}
-    assert by_name.get("OrderRecoveryRateBelowTarget") == below
-    recovering = {k[1] for k in labels if k[2] == "recovered"}
-    assert by_name.get("OrderRecoveryTimeToRecoveryAboveGoal") == recovering
+    below = {p for p, rate in case_mix.RATES_BY_PLATFORM.items() if rate < 0.92}
+    assert by_name.get("OrderRecoveryRateBelowTarget") == below == {"taobao", "pinduoduo"}
+    slow = {p for p, mean in case_mix.MEAN_TTR_BY_PLATFORM.items() if mean > 900}
+    assert by_name.get("OrderRecoveryTimeToRecoveryAboveGoal") == slow == {"taobao"}
     for quiet in (
         "OrderRecoveryWorkerDown",
         "OrderRecoveryWorkerNotReady",
         "OrderRecoveryDeadLettersGrowing",
         "OrderRecoveryPostgresRetriesSustained",
+        "OrderRecoveryReviewsOverdue",
     ):
         assert quiet not in by_name, alerts
 
@@ -160,7 +175,9 @@ def test_alerts_go_pending_where_the_mix_breaks_a_threshold(observed: ObservedMi
 def test_every_expression_evaluates_and_names_only_worker_metrics(
     observed: ObservedMix,
 ) -> None:
-    exported = exposition_names(observed.worker.metrics())
+    exported = exposition_names(observed.worker.metrics()) | exposition_names(
+        _get(f"http://{observed.figures}/metrics")
+    )
     assert "order_recovery_events_decided_total" in exported
     recorded = recording_rule_names()
     allowed_in_rules = exported | PROMETHEUS_SERIES
