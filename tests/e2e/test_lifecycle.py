@@ -20,10 +20,11 @@ import pytest
 from order_recovery.adapters.reference_platform import Odds, ReferencePlatform
 from order_recovery.config import Settings
 from order_recovery.domain.case import ReviewVerdict
+from order_recovery.domain.commands import decode_command
 from order_recovery.domain.sample import moved_to
 from order_recovery.ops.reviews import decide_review
 from tests.integration.recoveryctl.feed import policy_dir
-from tests.support.kafka_io import produce_events, wait_until
+from tests.support.kafka_io import produce_events, read_topic, wait_until
 from tests.support.worker_process import WorkerProcess
 from tests.unit.domain.factories import (
     POLICIES,
@@ -133,6 +134,25 @@ def test_every_case_ends_where_the_state_machine_says(running: Settings) -> None
         "e2e-expired": ["case.open.expired"],
         "e2e-big": ["case.open.review", "case.review.approved", "case.payment.completed"],
     }
+    _every_released_action_went_out_once(running)
+
+
+def _every_released_action_went_out_once(settings: Settings) -> None:
+    """The executor learnt of the actions from the command topic alone: each key there once."""
+
+    def backlog() -> int:
+        with psycopg.connect(settings.database_owner_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM case_commands WHERE published_at IS NULL"
+            ).fetchone()
+        return row[0] if row else -1
+
+    wait_until(lambda: backlog() == 0, 30, "the command outbox relayed")
+    with psycopg.connect(settings.database_owner_url) as conn:
+        released = [k for (k,) in conn.execute("SELECT unnest(action_keys) FROM case_steps")]
+    messages = read_topic(settings.kafka_bootstrap_servers, settings.command_topic)
+    on_topic = [decode_command(m.value() or b"").action_key for m in messages]
+    assert released and sorted(on_topic) == sorted(released)
 
 
 def test_deadlines_fire_once_across_a_sigkill_and_a_second_lifecycle_process(
