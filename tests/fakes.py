@@ -10,6 +10,8 @@ services: the pipeline's unit tests run on them in milliseconds.
   message over librdkafka's message.max.bytes refused for good (Refused) once the rest is
   delivered; `fail_next(n)`: the next n calls fail as with a broker down (PublishFailed).
 - `KeptLetters`: the last resort of the dead-letter path, one row per source record.
+- `InMemoryCaseStore`: the case store, its steps' action commands in an outbox relayed one pass
+  at a time, marked only once the publish returned.
 
 tests/contracts/ holds one suite per port, run against these (tests/unit/test_fakes_contract.py)
 and against the real adapters (tests/integration/test_adapters_contract.py), so a fake cannot
@@ -28,7 +30,7 @@ from datetime import datetime
 
 from order_recovery.core.faults import Fenced, PublishFailed, Refused, WriteConflict
 from order_recovery.core.lifecycle import case_key
-from order_recovery.core.ports import CaseKey, Publish
+from order_recovery.core.ports import CaseKey, Publish, PublishCommands
 from order_recovery.core.records import (
     DeadLetter,
     Decided,
@@ -39,6 +41,7 @@ from order_recovery.core.records import (
 )
 from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.case import Case, ReviewRefused, Step, Transition
+from order_recovery.domain.commands import ActionCommand, commands_of
 from order_recovery.domain.decision import Decision, RiskFlag
 from order_recovery.domain.events import Event, EventType
 from order_recovery.domain.limits import LimitClaim, LimitKind, buyer_day_subject
@@ -306,6 +309,12 @@ class KeptLetters:
         pass
 
 
+@dataclass(slots=True)
+class _OutboxCommand:
+    command: ActionCommand
+    published: bool = False
+
+
 class InMemoryCaseStore:
     """The case store in dicts. A unit of work edits copies and swaps them in on a clean exit,
     so an exception leaves nothing behind, like a rolled-back transaction; one unit at a time
@@ -317,7 +326,10 @@ class InMemoryCaseStore:
         self.resolutions: dict[str, tuple[str, int | None]] = {}
         self.bodies: dict[str, Resolution] = {}
         self.audit: list[tuple[CaseKey, str]] = []
+        #: The command outbox, in write order: each command with whether a relay published it.
+        self.commands: list[_OutboxCommand] = []
         self._lock = threading.Lock()
+        self._relay_lock = threading.Lock()
 
     @contextmanager
     def work(self) -> Iterator[_CaseWork]:
@@ -326,12 +338,36 @@ class InMemoryCaseStore:
                 dict(self.cases), dict(self.steps), dict(self.resolutions), dict(self.bodies)
             )
             yield work
+            keys = {row.command.action_key for row in self.commands}
+            if any(c.action_key in keys for c in work.commands):
+                raise WriteConflict("case_commands_action_key_key")
             self.cases, self.steps, self.resolutions = work.cases, work.steps, work.resolutions
             self.bodies = work.bodies
             self.audit.extend(work.audit)
+            self.commands.extend(_OutboxCommand(c) for c in work.commands)
 
     def case(self, key: CaseKey) -> Case | None:
         return self.cases.get(key)
+
+    def relay_commands(self, limit: int, publish: PublishCommands) -> int:
+        if not self._relay_lock.acquire(blocking=False):
+            return 0  # another pass is under way
+        try:
+            with self._lock:
+                rows = [row for row in self.commands if not row.published][:limit]
+            if not rows:
+                return 0
+            publish([row.command for row in rows])
+            with self._lock:
+                for row in rows:
+                    row.published = True
+            return len(rows)
+        finally:
+            self._relay_lock.release()
+
+    def command_backlog(self) -> int:
+        with self._lock:
+            return sum(1 for row in self.commands if not row.published)
 
     def close(self) -> None:
         pass
@@ -346,6 +382,7 @@ class _CaseWork:
 
     def __post_init__(self) -> None:
         self.audit: list[tuple[CaseKey, str]] = []
+        self.commands: list[ActionCommand] = []
 
     def lock(self, keys: Iterable[CaseKey]) -> dict[CaseKey, Case]:
         return {k: self.cases[k] for k in keys if k in self.cases}
@@ -384,6 +421,7 @@ class _CaseWork:
             self.steps[(*key, seq)] = t
             self.cases[key] = t.case
             self.audit.append((key, t.rule_id))
+            self.commands.extend(commands_of(t))
         for resolution, step in resolutions:
             event_id = resolution.envelope.event_id
             if event_id in self.resolutions:

@@ -27,6 +27,7 @@ DEFAULT_MAX_RECORD_BYTES = 512 * 1024
 #: event was within a minute of midnight.
 DEFAULT_MAX_EVENT_SKEW_S = 60.0
 OUTCOME_TOPIC_SUFFIX = "recovery-outcome"
+COMMAND_TOPIC_SUFFIX = "action-commands"
 DLQ_SUFFIX = ".dlq"
 
 
@@ -186,18 +187,29 @@ class Settings:
     def outcome_topic(self) -> str:
         return f"{self.topic_prefix}{OUTCOME_TOPIC_SUFFIX}"
 
+    @property
+    def command_topic(self) -> str:
+        """The action commands executors apply (schemas/action-command.v1.schema.json)."""
+        return f"{self.topic_prefix}{COMMAND_TOPIC_SUFFIX}"
+
+    @property
+    def executor_group(self) -> str:
+        """The reference executor's group on the command topic (a real executor has its own)."""
+        return f"{self.consumer_group}.reference-executor"
+
     @staticmethod
     def dlq_topic(source_topic: str) -> str:
         return f"{source_topic}{DLQ_SUFFIX}"
 
     @property
     def all_topics(self) -> tuple[str, ...]:
-        """Every topic the project owns: sources, their dead-letter topics, outcomes, and the
-        resolution topics with theirs."""
+        """Every topic the project owns: sources, their dead-letter topics, outcomes, action
+        commands, and the resolution topics with theirs."""
         return (
             *self.source_topics,
             *(self.dlq_topic(t) for t in self.source_topics),
             self.outcome_topic,
+            self.command_topic,
             *self.resolution_topics,
             *(self.dlq_topic(t) for t in self.resolution_topics),
         )

@@ -3,13 +3,14 @@ what a case goes through is stored as it was decided, and every cause takes effe
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
 import pytest
 from msgspec import structs
 
-from order_recovery.core.faults import WriteConflict
+from order_recovery.core.faults import PublishFailed, WriteConflict
 from order_recovery.core.lifecycle import Lifecycle
 from order_recovery.core.ports import CaseStore
 from order_recovery.domain.case import (
@@ -24,6 +25,7 @@ from order_recovery.domain.case import (
     on_review,
     open_case,
 )
+from order_recovery.domain.commands import ActionCommand, commands_of
 from order_recovery.domain.resolutions import (
     ChannelQueryAnswer,
     ChannelQueryResult,
@@ -44,10 +46,24 @@ from tests.unit.domain.factories import (
 KEY = ("ord-1", "payment-timeout")
 
 
-def _opened(store: CaseStore, doc: dict[str, Any]) -> Case:
+def _opening(store: CaseStore, doc: dict[str, Any]) -> Transition:
     step = Lifecycle(store, POLICIES).open(decode(doc), run(doc))
     assert isinstance(step, Transition)
-    return step.case
+    return step
+
+
+def _opened(store: CaseStore, doc: dict[str, Any]) -> Case:
+    return _opening(store, doc).case
+
+
+def _relayed(store: CaseStore, limit: int = 100) -> list[ActionCommand]:
+    sent: list[ActionCommand] = []
+    assert store.relay_commands(limit, sent.extend) == len(sent)
+    return sent
+
+
+def _broker_down(commands: list[ActionCommand]) -> None:
+    raise PublishFailed("simulated: the broker did not acknowledge")
 
 
 def _resolution(kind: ResolutionType, at_min: int = 1, event_id: str | None = None) -> Any:
@@ -205,3 +221,67 @@ class CaseStoreContract:
         again = structs.replace(approved.case, state=CaseState.AWAITING_REVIEW)
         with pytest.raises(ReviewRefused), store.work() as work:
             work.save([on_review(again, review, policy)])
+
+    # ------------------------------------------------------------------ action commands
+    def test_a_steps_actions_are_relayed_once_each_in_step_order(self, store: CaseStore) -> None:
+        opening = _opening(store, payment_timeout(amount_fen=600_000))  # escalated
+        assert opening.actions
+        assert _relayed(store) == commands_of(opening)
+        assert _relayed(store) == []  # a second pass (or a second relay) sends nothing again
+        approved = Lifecycle(store, POLICIES).review(KEY, _review())
+        assert approved.actions and _relayed(store) == commands_of(approved)
+        assert store.command_backlog() == 0
+
+    def test_commands_are_relayed_oldest_first_a_pass_at_most_its_limit(
+        self, store: CaseStore
+    ) -> None:
+        first = _opening(store, payment_timeout(code="ERR_TIMEOUT"))
+        second = _opening(store, shipping_delay())
+        expected = commands_of(first) + commands_of(second)
+        assert len(expected) >= 2 and store.command_backlog() == len(expected)
+        assert _relayed(store, limit=1) == expected[:1]
+        assert _relayed(store) == expected[1:]
+
+    def test_a_publish_that_fails_marks_nothing_and_the_next_pass_sends_it(
+        self, store: CaseStore
+    ) -> None:
+        opening = _opening(store, shipping_delay())
+        with pytest.raises(PublishFailed):
+            store.relay_commands(100, _broker_down)
+        assert store.command_backlog() == len(opening.actions)
+        assert _relayed(store) == commands_of(opening)
+
+    def test_a_failed_unit_of_work_leaves_no_command(self, store: CaseStore) -> None:
+        case = _opened(store, payment_timeout(amount_fen=600_000))
+        _relayed(store)
+        approved = on_review(case, _review(), POLICIES["douyin"])
+        assert approved.actions
+        with pytest.raises(RuntimeError), store.work() as work:
+            work.save([approved])
+            raise RuntimeError("the caller failed after saving")
+        assert _relayed(store) == []
+
+    def test_two_relays_at_once_send_each_command_once(self, store: CaseStore) -> None:
+        """While one pass is publishing, another finds it under way and sends nothing."""
+        opening = _opening(store, shipping_delay())
+        publishing, release = threading.Event(), threading.Event()
+        first: list[ActionCommand] = []
+
+        def slow(commands: list[ActionCommand]) -> None:
+            publishing.set()
+            assert release.wait(10)
+            first.extend(commands)
+
+        thread = threading.Thread(target=store.relay_commands, args=(100, slow))
+        thread.start()
+        try:
+            assert publishing.wait(10)
+            assert _relayed(self.second_handle(store)) == []
+        finally:
+            release.set()
+            thread.join(10)
+        assert first == commands_of(opening) and _relayed(store) == []
+
+    def second_handle(self, store: CaseStore) -> CaseStore:
+        """Another handle on the same data (another connection); the fake is its own."""
+        return store

@@ -21,6 +21,7 @@ from order_recovery.core.records import (
     SourceRecord,
 )
 from order_recovery.domain.case import CaseState, Transition, open_case
+from order_recovery.domain.commands import ActionCommand, commands_of
 from order_recovery.domain.contract import decode_event
 from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.limits import (
@@ -135,6 +136,30 @@ class DecisionStoreContract:
         assert case == first.opening.case  # the batch's first; a later batch changes nothing
         assert case.state is CaseState.AWAITING_PAYMENT and case.seq == 1
         assert harness.cases.case(("ord-r", "payment-timeout")) is None
+
+    def test_a_case_the_decisions_open_issues_its_actions_as_commands_once(
+        self, harness: StoreHarness
+    ) -> None:
+        """The hot path's outbox rows are the domain's commands of the opening step: one per
+        action key, only for the case actually opened, relayed once."""
+        first = decided(payment_timeout(failed_ago=10 * M), order_id="ord-k")
+        again = decided(  # its case is open by then: it issues no command
+            payment_timeout(failed_ago=20 * M, code="ERR_TIMEOUT"), order_id="ord-k"
+        )
+        other = decided(shipping_delay(), order_id="ord-l")
+        assert first.opening and again.opening and other.opening
+        harness.store.save_decisions([first, again, other])
+        sent: list[ActionCommand] = []
+        assert harness.cases.relay_commands(100, sent.extend) == len(sent)
+        expected = commands_of(first.opening) + commands_of(other.opening)
+        assert expected and sorted(sent, key=lambda c: c.action_key) == sorted(
+            expected, key=lambda c: c.action_key
+        )
+        assert [c.action_key for c in sent if c.order_id == "ord-k"] == list(
+            first.opening.action_keys
+        )  # a step's commands in the step's order
+        assert harness.cases.relay_commands(100, sent.extend) == 0
+        assert harness.cases.command_backlog() == 0
 
     # ------------------------------------------------------------------ the history read
     def test_a_written_batch_is_read_back_as_the_rules_need_it(self, store: DecisionStore) -> None:

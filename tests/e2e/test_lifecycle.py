@@ -26,6 +26,7 @@ import pytest
 from order_recovery.adapters.reference_platform import Odds, ReferencePlatform
 from order_recovery.config import Settings
 from order_recovery.domain.case import ReviewVerdict
+from order_recovery.domain.commands import decode_command
 from order_recovery.domain.sample import moved_to
 from order_recovery.ops.reviews import decide_review
 from tests.integration.recoveryctl.feed import policy_dir
@@ -169,6 +170,7 @@ def test_every_case_ends_where_the_state_machine_says(running: Running) -> None:
         "e2e-refused": ["case.open.review", "case.review.rejected"],
     }
     _figures_agree(running, exceptions, steps)
+    _every_released_action_went_out_once(running.settings)
 
 
 def _figures_agree(
@@ -233,6 +235,24 @@ def _figures_agree(
     assert prom.scalar("order_recovery:time_to_recovery_seconds:mean5m") == pytest.approx(
         mean_ttr, rel=1e-6
     )
+
+
+def _every_released_action_went_out_once(settings: Settings) -> None:
+    """The executor learnt of the actions from the command topic alone: each key there once."""
+
+    def backlog() -> int:
+        with psycopg.connect(settings.database_owner_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM case_commands WHERE published_at IS NULL"
+            ).fetchone()
+        return row[0] if row else -1
+
+    wait_until(lambda: backlog() == 0, 30, "the command outbox relayed")
+    with psycopg.connect(settings.database_owner_url) as conn:
+        released = [k for (k,) in conn.execute("SELECT unnest(action_keys) FROM case_steps")]
+    messages = read_topic(settings.kafka_bootstrap_servers, settings.command_topic)
+    on_topic = [decode_command(m.value() or b"").action_key for m in messages]
+    assert released and sorted(on_topic) == sorted(released)
 
 
 def test_deadlines_fire_once_across_a_sigkill_and_a_second_lifecycle_process(

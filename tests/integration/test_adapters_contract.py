@@ -86,5 +86,13 @@ class TestPostgresCaseStore(CaseStoreContract):
     @pytest.fixture
     def store(self, database_url: str) -> Iterator[CaseStore]:
         store = PostgresCaseStore(database_url)
+        self._dsn, self._others = database_url, []
         yield store
         store.close()
+        for other in self._others:
+            other.close()
+
+    def second_handle(self, store: CaseStore) -> CaseStore:
+        other = PostgresCaseStore(self._dsn)
+        self._others.append(other)
+        return other

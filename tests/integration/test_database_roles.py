@@ -31,6 +31,7 @@ TABLES = (
     "cases",
     "case_steps",
     "resolutions",
+    "case_commands",
     "schema_migrations",
 )
 EVENT_ID = "6f1d3c52-4a7e-4d1b-9a41-1f0c2b7d9e01"
@@ -105,6 +106,12 @@ def _seed(owner_url: str) -> None:
                    occurred_at, rule_id, body)
                VALUES (gen_random_uuid(), 'parcel-handed-over', 'o1', 'shipping-delay',
                    'douyin', now(), 'case.ignored.not_awaited', '{}')"""
+        )
+        conn.execute(
+            """INSERT INTO case_commands (action_key, order_id, exception_type, platform,
+                   step_seq, action, rule_id, amount_fen, issued_at)
+               VALUES ('o1/shipping-delay/1/freeze', 'o1', 'shipping-delay', 'douyin', 1,
+                   'freeze', 'case.open.review', 2395, now())"""
         )
 
 
@@ -204,6 +211,14 @@ WORKER_REFUSED = (
     "UPDATE resolutions SET body = '{}'",
     "UPDATE resolutions SET order_id = 'o2'",
     "DELETE FROM resolutions",
+    # An action command is written with its step and only ever marked published: never
+    # re-aimed at another order or action, never removed (its key is what an executor applies
+    # once).
+    "UPDATE case_commands SET action = 'auto_refund'",
+    "UPDATE case_commands SET action_key = 'o2/shipping-delay/1/auto_refund'",
+    "UPDATE case_commands SET amount_fen = 0",
+    "DELETE FROM case_commands",
+    "TRUNCATE case_commands",
     # An outbox batch is only ever marked published.
     "UPDATE outbox_batches SET payloads = '{}'",
     "DELETE FROM outbox_batches",
@@ -260,7 +275,30 @@ def test_the_worker_may_move_a_case_on_and_mark_a_batch_published(seeded: Settin
         )
         conn.execute("SELECT 1 FROM cases FOR UPDATE")
         conn.execute("UPDATE resolutions SET rule_id = 'case.shipment.handed_over', step_seq = 2")
+        conn.execute(  # the command relay's pass
+            "SELECT id FROM case_commands WHERE published_at IS NULL FOR UPDATE SKIP LOCKED"
+        )
+        conn.execute("UPDATE case_commands SET published_at = now()")
+        conn.execute(
+            """INSERT INTO case_commands (action_key, order_id, exception_type, platform,
+                   step_seq, action, rule_id, amount_fen, issued_at)
+               VALUES ('o1/shipping-delay/2/auto_refund', 'o1', 'shipping-delay', 'douyin', 2,
+                   'auto_refund', 'case.review.approved', 2395, now())"""
+        )
         conn.rollback()  # the `seeded` fixture checks that nothing changed
+
+
+def test_an_operator_approving_a_review_may_write_its_commands(seeded: Settings) -> None:
+    """An approval releases the held actions as the operator: their commands go into the
+    outbox in the review's transaction (the lifecycle process relays them)."""
+    with psycopg.connect(seeded.database_operator_url) as conn:
+        conn.execute(
+            """INSERT INTO case_commands (action_key, order_id, exception_type, platform,
+                   step_seq, action, rule_id, amount_fen, issued_at)
+               VALUES ('o1/shipping-delay/2/issue_coupon', 'o1', 'shipping-delay', 'douyin',
+                   2, 'issue_coupon', 'case.review.approved', 2395, now())"""
+        )
+        conn.rollback()
 
 
 def test_the_worker_writes_through_its_temporary_stage_on_a_freshly_migrated_database(
@@ -312,9 +350,14 @@ def test_a_copy_of_the_template_has_the_databases_privileges(
 
 
 # --------------------------------------------------------------------------- reports, operators
-#: What a review writes (recoveryctl review approve | reject): the case moved on, its step and
-#: its audit row.
-REVIEW_WRITES = {("UPDATE", "cases"), ("INSERT", "case_steps"), ("INSERT", "audit_log")}
+#: What a review writes (recoveryctl review approve | reject): the case moved on, its step, its
+#: audit row, and the commands of the actions an approval releases.
+REVIEW_WRITES = {
+    ("UPDATE", "cases"),
+    ("INSERT", "case_steps"),
+    ("INSERT", "audit_log"),
+    ("INSERT", "case_commands"),
+}
 READ_ONLY_REFUSED = (
     *(f"INSERT INTO {t} DEFAULT VALUES" for t in TABLES),
     *(f"UPDATE {t} SET {c} = {c}" for t, c in (
@@ -323,6 +366,7 @@ READ_ONLY_REFUSED = (
         ("outbox_batches", "published_at"), ("schema_migrations", "name"),
         ("unsendable_dead_letters", "error_class"), ("cases", "state"),
         ("case_steps", "to_state"), ("resolutions", "rule_id"),
+        ("case_commands", "published_at"),
     )),
     *(f"DELETE FROM {t}" for t in TABLES),
     *(f"TRUNCATE {t}" for t in TABLES),
@@ -348,6 +392,9 @@ OPERATOR_REFUSED = (
     "UPDATE cases SET buyer_id = 'someone-else'",
     "UPDATE cases SET amount_fen = 0",
     "UPDATE case_steps SET to_state = 'recovered'",
+    # Nor does it relay, rewrite or remove a command (the lifecycle process relays them).
+    "UPDATE case_commands SET action = 'auto_refund'",
+    "SELECT id FROM case_commands FOR UPDATE",
 )
 
 

@@ -1,5 +1,6 @@
 """The reference platform's events are valid resolutions, the same on every run, and each case
-step is answered once (its ids are the step's)."""
+step is answered once (its ids are the step's); the executor applies each action key once,
+however often its command arrives."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ from datetime import UTC, datetime
 
 import orjson
 
-from order_recovery.adapters.reference_platform import Odds, executor_reports, platform_answers
+from order_recovery.adapters.reference_platform import (
+    Odds,
+    ReferencePlatform,
+    executor_reports,
+    platform_answers,
+)
+from order_recovery.config import Settings
+from order_recovery.core.commands import command_message
+from order_recovery.domain.commands import ActionCommand
 from order_recovery.domain.contract import decode_resolution
+from order_recovery.domain.decision import ActionType
+from order_recovery.domain.events import EventType
 from order_recovery.domain.resolutions import ActionReport, ActionStatus
 
 NOW = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
@@ -19,10 +30,26 @@ OPEN = [
     ("o4", "logistics-exception", "douyin", "awaiting_evidence", 1, 5_000),
     ("o5", "logistics-exception", "taobao", "awaiting_verdict", 2, 5_000),
 ]
+
+
+def _command(order_id: str, exception_type: str, platform: str, action: str) -> ActionCommand:
+    return ActionCommand(
+        action_key=f"{order_id}/{exception_type}/1/{action}",
+        order_id=order_id,
+        exception_type=EventType(exception_type),
+        platform=platform,
+        step=1,
+        action=ActionType(action),
+        rule_id="case.open.review",
+        amount_fen=5_000,
+        issued_at=NOW,
+    )
+
+
 RELEASED = [
-    ("o3", "shipping-delay", "taobao", 1, "issue_coupon", "o3/shipping-delay/1/issue_coupon"),
-    ("o6", "shipping-delay", "douyin", 1, "auto_refund", "o6/shipping-delay/1/auto_refund"),
-    ("o7", "payment-timeout", "douyin", 1, "manual_review", "o7/payment-timeout/1/manual_review"),
+    _command("o3", "shipping-delay", "taobao", "issue_coupon"),
+    _command("o6", "shipping-delay", "douyin", "auto_refund"),
+    _command("o7", "payment-timeout", "douyin", "manual_review"),
 ]
 EVERYTHING = Odds(1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
@@ -58,7 +85,7 @@ def test_the_same_seed_gives_the_same_events_and_ids():
 def test_the_executor_reports_each_action_under_its_key_and_fails_only_what_can_fail():
     reports = _decoded(list(executor_reports(RELEASED, 7, EVERYTHING, NOW)))
     assert all(isinstance(r, ActionReport) for r in reports)
-    assert [r.action_key for r in reports] == [k for *_, k in RELEASED]
+    assert [r.action_key for r in reports] == [c.action_key for c in RELEASED]
     assert [r.status for r in reports] == [
         ActionStatus.FAILED,
         ActionStatus.FAILED,
@@ -66,3 +93,31 @@ def test_the_executor_reports_each_action_under_its_key_and_fails_only_what_can_
     ]
     none_fail = _decoded(list(executor_reports(RELEASED, 7, Odds(action_fails=0.0), NOW)))
     assert {r.status for r in none_fail} == {ActionStatus.COMPLETED}
+
+
+class _Message:
+    """What the executor reads of a consumed record."""
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_the_executor_applies_each_action_key_once_however_often_its_command_arrives():
+    executor = ReferencePlatform(Settings())
+    topic = Settings().command_topic
+    messages = [_Message(command_message(topic, c).value or b"") for c in RELEASED]
+    redelivered = [*messages, messages[0]]
+    assert executor.to_apply(redelivered) == RELEASED  # type: ignore[arg-type]
+    executor.applied.update(c.action_key for c in RELEASED[:2])
+    assert executor.to_apply(redelivered) == RELEASED[2:]  # type: ignore[arg-type]
+
+
+def test_the_executor_skips_a_command_that_is_not_one():
+    executor = ReferencePlatform(Settings())
+    assert executor.to_apply([_Message(b'{"command_type": "action-command"}')]) == []  # type: ignore[list-item]

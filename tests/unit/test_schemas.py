@@ -17,6 +17,7 @@ EVENT_TYPES = [
     "shipping-delay",
     "logistics-exception",
     "recovery-outcome",
+    "action-command",
     *RESOLUTION_TYPES,
 ]
 ENVELOPES = ["envelope.schema.json", "resolution-envelope.schema.json"]

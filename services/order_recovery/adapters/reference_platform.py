@@ -1,16 +1,23 @@
 """The reference executor and a simulated platform, for the local stack and the end-to-end tests.
 
-It plays everyone downstream of the decisions. As the **executor** it applies each action a case
-step released (read from `case_steps`, keyed by the action key) and reports it: completed, or
-failed for good for a configurable share. As the **platform, carrier and buyers** it answers what
-an open case waits for: the buyer pays the recalled or reissued order, the channel re-query
-answers (paid in 83% of cases, the seed's figure), the merchant ships, the evidence arrives, the
-platform gives its verdict. Every choice is a pure function of the seed and the case step, and
-every event id is derived from the case step, so running it twice (or restarting it) sends the
-same events, which the lifecycle deduplicates.
+It plays everyone downstream of the decisions. As the **executor** it consumes the action commands
+(`{prefix}action-commands`, its own consumer group, read_committed), applies each action key at
+most once, and reports it: completed, or failed for good for a configurable share. As the
+**platform, carrier and buyers** it answers what an open case waits for: the buyer pays the
+recalled or reissued order, the channel re-query answers (paid in 83% of cases, the seed's
+figure), the merchant ships, the evidence arrives, the platform gives its verdict. Every choice is
+a pure function of the seed and the command or case step, and every event id is derived from
+them, so running it twice (or restarting it) sends the same events, which the lifecycle
+deduplicates.
 
-It reads with the reports role and only produces to the resolution topics: it never writes the
-service's tables.
+Commands arrive at least once (a relay that crashed before marking resends them). The executor
+keeps the keys it applied and skips a key seen before; it commits its offsets only once its
+reports are on the broker, so a restart re-reads at most what it had not reported, and those
+reports carry the same ids. (The simulation applies nothing real, so the applied keys live in
+memory: a real executor stores them with the effect itself, in one transaction.)
+
+The platform side reads open cases with the reports role; neither side writes the service's
+tables.
 """
 
 from __future__ import annotations
@@ -18,20 +25,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import orjson
 import psycopg
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from order_recovery.adapters.kafka_messages import produce_all
 from order_recovery.config import Settings
 from order_recovery.core.records import OutgoingMessage
+from order_recovery.domain.commands import ActionCommand, decode_command
+from order_recovery.domain.errors import InvalidEvent
 
 log = logging.getLogger(__name__)
 
@@ -74,27 +84,22 @@ def _envelope(kind: str, order_id: str, platform: str, ref: str, at: datetime) -
 FALLIBLE = frozenset(
     {"issue_coupon", "auto_refund", "recall_order", "reissue_order_with_payment_link"}
 )
-#: How far back each poll looks for steps: a transaction that began earlier may commit later.
-LOOKBACK = timedelta(minutes=1)
-RELEASED = """SELECT s.order_id, s.exception_type, c.platform, s.seq, a.action, a.key
-    FROM case_steps s JOIN cases c USING (order_id, exception_type),
-         unnest(s.actions, s.action_keys) AS a(action, key)
-    WHERE s.recorded_at >= %s ORDER BY s.recorded_at"""
 OPEN = """SELECT order_id, exception_type, platform, state, seq, amount_fen
     FROM cases WHERE closed_at IS NULL AND state <> 'awaiting_review'
       AND state_since >= now() - interval '2 days'"""
 
 
 def executor_reports(
-    rows: list[tuple[Any, ...]], seed: int, odds: Odds, now: datetime
+    commands: list[ActionCommand], seed: int, odds: Odds, now: datetime
 ) -> Iterator[dict[str, Any]]:
-    """An action-report per released action: completed, or failed for good for a share."""
-    for order_id, exception_type, platform, _seq, action, key in rows:
-        failed = action in FALLIBLE and _chance(seed, key, "fails") < odds.action_fails
+    """An action-report per command applied: completed, or failed for good for a share."""
+    for c in commands:
+        key = c.action_key
+        failed = c.action in FALLIBLE and _chance(seed, key, "fails") < odds.action_fails
         yield {
-            **_envelope("action-report", order_id, platform, key, now),
-            "exception_type": exception_type,
-            "action": action,
+            **_envelope("action-report", c.order_id, c.platform, key, now),
+            "exception_type": str(c.exception_type),
+            "action": str(c.action),
             "action_key": key,
             "status": "failed" if failed else "completed",
             "final": True,
@@ -136,7 +141,8 @@ def platform_answers(
 
 
 class ReferencePlatform:
-    """Polls the cases, produces what the executor and the world would, every `interval_s`."""
+    """Consumes the action commands and polls the open cases; produces what the executor and the
+    world would. The open cases are polled every `interval_s`."""
 
     def __init__(
         self, settings: Settings, *, seed: int = 7, odds: Odds = Odds(), interval_s: float = 1.0
@@ -144,6 +150,7 @@ class ReferencePlatform:
         self.settings, self.seed, self.odds, self.interval_s = settings, seed, odds, interval_s
         self.stop = threading.Event()
         self._sent: set[str] = set()
+        self.applied: set[str] = set()  # the action keys applied: each at most once
 
     def run(self) -> int:
         producer = Producer(
@@ -153,23 +160,64 @@ class ReferencePlatform:
                 "linger.ms": 20,
             }
         )
-        since = datetime(1970, 1, 1, tzinfo=UTC)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": self.settings.executor_group,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+            logger=log,
+        )
+        consumer.subscribe([self.settings.command_topic])
+        next_poll = 0.0
         try:
             with psycopg.connect(self.settings.database_reader_url, autocommit=True) as conn:
                 while not self.stop.is_set():
+                    messages = consumer.consume(500, min(self.interval_s, 0.5))
                     now = datetime.now(UTC)
-                    released = conn.execute(RELEASED, (since - LOOKBACK,)).fetchall()
-                    open_cases = conn.execute(OPEN).fetchall()
-                    since = now
-                    events = [
-                        *executor_reports(released, self.seed, self.odds, now),
-                        *platform_answers(open_cases, self.seed, self.odds, now),
-                    ]
+                    events = list(
+                        executor_reports(self.to_apply(messages), self.seed, self.odds, now)
+                    )
+                    if time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + self.interval_s
+                        open_cases = conn.execute(OPEN).fetchall()
+                        events += platform_answers(open_cases, self.seed, self.odds, now)
                     self._send(producer, events)
-                    self.stop.wait(self.interval_s)
+                    self.applied.update(e["action_key"] for e in events if "action_key" in e)
+                    if messages:
+                        self._commit(consumer)
         finally:
+            consumer.close()
             producer.flush(30)
         return 0
+
+    def to_apply(self, messages: list[Message]) -> list[ActionCommand]:
+        """The commands among these messages whose action key was not applied before (nor
+        earlier in the same messages): a redelivered command is applied once."""
+        fresh: dict[str, ActionCommand] = {}
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                continue  # end of partition and the like
+            try:
+                command = decode_command(msg.value() or b"")
+            except InvalidEvent as exc:
+                log.error("reference executor: skipping a bad command: %s", exc)
+                continue
+            if command.action_key not in self.applied:
+                fresh.setdefault(command.action_key, command)
+        return list(fresh.values())
+
+    @staticmethod
+    def _commit(consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:  # revoked meanwhile: re-read, and skipped as applied
+            log.warning("reference executor: commit refused: %s", exc)
 
     def _send(self, producer: Producer, events: list[dict[str, Any]]) -> None:
         fresh = [e for e in events if e["event_id"] not in self._sent]

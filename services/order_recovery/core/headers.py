@@ -37,3 +37,8 @@ REPLAY_SOURCE_OFFSET = "replay.source.offset"
 def dead_letter_id(topic: str, partition: int, offset: int) -> str:
     """The value of DLQ_ID for the record at this place."""
     return f"{topic}/{partition}/{offset}"
+
+
+#: On an action command (the command topic): its action key, the idempotency key an executor
+#: applies it under, readable without decoding the value.
+ACTION_KEY = "action.key"

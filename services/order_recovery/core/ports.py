@@ -25,6 +25,7 @@ from order_recovery.core.records import (
 )
 from order_recovery.core.stored_history import StoredHistory
 from order_recovery.domain.case import Case, Step, Transition
+from order_recovery.domain.commands import ActionCommand
 from order_recovery.domain.decision import Decision
 from order_recovery.domain.events import Event
 from order_recovery.domain.limits import LimitClaim
@@ -37,6 +38,9 @@ T = TypeVar("T")
 Publish = Callable[[list[OutboxBatch]], None]
 #: Marks outbox batches published (the worker's background marker; else the store, at once).
 MarkPublished = Callable[[list[str]], None]
+#: Sends action commands in the order given and returns once the broker has them all; raising
+#: leaves them unmarked (the relay's next pass sends them again).
+PublishCommands = Callable[[list[ActionCommand]], None]
 #: The worker's clock: read once per batch for the outcomes' `decided_at`, never by a rule.
 Clock = Callable[[], datetime]
 
@@ -183,7 +187,8 @@ class CaseWork(Protocol):
         resolutions: Sequence[tuple[Resolution, Step]] = (),
         adopted: Sequence[tuple[Resolution, Step]] = (),
     ) -> None:
-        """Store each transition (the case as it left it, its step and audit row), record each
+        """Store each transition (the case as it left it, its step, its audit row, and the action
+        commands it issues, `domain.commands.commands_of`, into the command outbox), record each
         new resolution with the step it caused, and the step each adopted orphan caused. A
         transition that opens a case it finds open, or whose step another writer stored first,
         raises WriteConflict (redo the work); a review already applied raises ReviewRefused."""
@@ -195,6 +200,18 @@ class CaseStore(Protocol):
 
     def case(self, key: CaseKey) -> Case | None:
         """Read only: the case as last committed."""
+        ...
+
+    def relay_commands(self, limit: int, publish: PublishCommands) -> int:
+        """One pass of the command outbox relay: up to `limit` commands no pass has published
+        yet (whichever writer stored their step: this store, or the decision store opening a
+        case), oldest first, handed to `publish`, and marked published once it returns; how many
+        went out. A raising `publish` marks nothing. One pass at a time across all processes:
+        while another is under way, 0."""
+        ...
+
+    def command_backlog(self) -> int:
+        """Commands stored and not yet published."""
         ...
 
     def close(self) -> None: ...

@@ -66,6 +66,8 @@ from order_recovery.domain.resolutions import (
 
 SCHEMAS_DIR_ENV = "ORDER_RECOVERY_SCHEMAS_DIR"
 OUTCOME_SCHEMA = "recovery-outcome.v1.schema.json"
+#: The action commands the lifecycle sends to executors (domain.commands).
+COMMAND_SCHEMA = "action-command.v1.schema.json"
 ENVELOPE_SCHEMA = "envelope.schema.json"
 RESOLUTION_ENVELOPE_SCHEMA = "resolution-envelope.schema.json"
 
@@ -390,6 +392,7 @@ class Contract:
     _events: _Family[Event]
     _resolutions: _Family[Resolution]
     _outcome_validator: Any
+    _command_validator: Any
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Contract:
@@ -402,6 +405,7 @@ class Contract:
             ENVELOPE_SCHEMA,
             RESOLUTION_ENVELOPE_SCHEMA,
             OUTCOME_SCHEMA,
+            COMMAND_SCHEMA,
             *(schema_file(t, v) for t, v in decodable),
         ]
         missing = [name for name in wanted if name not in schemas]
@@ -421,12 +425,15 @@ class Contract:
             _events=family("an order-exception event", BUILDERS),
             _resolutions=family("a resolution event", RESOLUTION_BUILDERS),
             _outcome_validator=compile_(OUTCOME_SCHEMA),
+            _command_validator=compile_(COMMAND_SCHEMA),
         )
 
     def validator(self, schema_name: str) -> Any:
         """The compiled validator of one schema file (e.g. "shipping-delay.v1.schema.json")."""
         if schema_name == OUTCOME_SCHEMA:
             return self._outcome_validator
+        if schema_name == COMMAND_SCHEMA:
+            return self._command_validator
         event_type, _, rest = schema_name.partition(".v")
         key = (event_type, int(rest.split(".")[0]))
         decoder = self._events.decoders.get(key) or self._resolutions.decoders[key]
@@ -532,6 +539,13 @@ class Contract:
             raise MalformedJson("", f"outcome is {type(obj).__name__}, not an object")
         if not self._outcome_validator.is_valid(obj):
             raise _violation(self._outcome_validator, obj)
+
+    def validate_command(self, obj: Any) -> None:
+        """Raise SchemaViolation unless `obj` is a valid action-command.v1 message."""
+        if not isinstance(obj, dict):
+            raise MalformedJson("", f"command is {type(obj).__name__}, not an object")
+        if not self._command_validator.is_valid(obj):
+            raise _violation(self._command_validator, obj)
 
 
 @cache

@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_platform = commands.add_parser(
         "simulate-platform",
-        help="the reference executor and a simulated platform for the local stack: report "
-        "released actions, answer open cases (payments, shipments, verdicts)",
+        help="the reference executor and a simulated platform for the local stack: apply and "
+        "report the action commands, answer open cases (payments, shipments, verdicts)",
     )
     sim_platform.add_argument("--seed", type=int, default=7, help="the simulation's seed")
     sim_platform.add_argument(

@@ -3,8 +3,9 @@
 It consumes the resolution topics in a group of its own (it scales apart from the deciders), and
 for each batch: decode (bad records dead-lettered like exception events), apply them through the
 lifecycle service in one transaction, send the dead letters, and only then commit the offsets.
-Between batches it ticks: resolutions that came before their case are adopted, and deadlines fire
-once the stream has passed them.
+Between batches it ticks: resolutions that came before their case are adopted, deadlines fire
+once the stream has passed them, and the command relay sends the action commands every step
+stored (the decisions' included) to the command topic (core/commands.py).
 
 When has the stream passed a deadline? Rules read event time, so a deadline fires when no
 resolution dated before it can still be unread: `StreamClock` keeps, per assigned partition, the
@@ -38,6 +39,7 @@ from order_recovery.adapters.postgres.cases import PostgresCaseStore
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import EXCEPTION_TYPES, Settings
+from order_recovery.core.commands import CommandRelay
 from order_recovery.core.dead_letters import DeadLetterSender
 from order_recovery.core.lifecycle import Lifecycle, decode_resolutions
 from order_recovery.core.records import SourceRecord
@@ -116,6 +118,7 @@ class LifecycleRuntime:
         self.retry = RetryPolicy(
             self.stopping, on_retry=lambda cause: self.metrics.retries.labels(cause).inc()
         )
+        self.commands = CommandRelay(settings, self.store, self.publisher, self.retry)
         config = {
             **consumer_config(settings),
             "group.id": settings.lifecycle_group,
@@ -213,6 +216,7 @@ class LifecycleRuntime:
         self.metrics.stepped(s.rule_id for s in (*adopted, *fired))
         if adopted or fired:
             log.info("lifecycle tick: %d adopted, %d deadline steps", len(adopted), len(fired))
+        self.commands.run()  # the action commands of every step stored since (all processes')
 
     # ------------------------------------------------------------------ the group
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -72,6 +72,7 @@ RESOLUTION_TYPES = {t.value for t in ResolutionType}
 EVENT_EXAMPLES = [p for p in ALL_EXAMPLES if p.split("/")[0] in EXCEPTION_TYPES]
 RESOLUTION_EXAMPLES = [p for p in ALL_EXAMPLES if p.split("/")[0] in RESOLUTION_TYPES]
 OUTCOME_EXAMPLES = [p for p in ALL_EXAMPLES if p.startswith("recovery-outcome/")]
+COMMAND_EXAMPLES = [p for p in ALL_EXAMPLES if p.startswith("action-command/")]
 RESOLUTION_STRUCTS = {
     "payment-completed": PaymentCompleted,
     "channel-query-result": ChannelQueryResult,
@@ -124,7 +125,10 @@ def test_outcome_examples_validate_or_fail_exactly_as_named(name):
 def test_every_invalid_example_has_an_expectation_and_vice_versa():
     invalid = {p for p in ALL_EXAMPLES if Path(p).name.startswith("invalid-")}
     assert invalid == set(EXPECTED)
-    assert sorted(EVENT_EXAMPLES + RESOLUTION_EXAMPLES + OUTCOME_EXAMPLES) == ALL_EXAMPLES
+    assert (
+        sorted(EVENT_EXAMPLES + RESOLUTION_EXAMPLES + OUTCOME_EXAMPLES + COMMAND_EXAMPLES)
+        == ALL_EXAMPLES
+    )
     for name in ALL_EXAMPLES:
         assert Path(name).name.startswith(("valid-", "invalid-")), name
 

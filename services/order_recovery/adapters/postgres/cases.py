@@ -1,5 +1,6 @@
 """The case store (core.ports.CaseStore) in Postgres: `cases`, `case_steps`, `resolutions` and
-the audit log (migration 0010).
+the audit log (migration 0010), and the command outbox `case_commands` (migration 0011): a step's
+action commands are written in the step's transaction, and relayed from there.
 
 A unit of work is one transaction on its own connection. Cases are locked `FOR UPDATE` in key
 order (two units locking overlapping sets cannot deadlock), the deadline scan skips rows another
@@ -23,7 +24,7 @@ import psycopg
 
 from order_recovery.adapters.postgres.faults import in_core_terms
 from order_recovery.core.faults import WriteConflict
-from order_recovery.core.ports import CaseKey
+from order_recovery.core.ports import CaseKey, PublishCommands
 from order_recovery.domain.case import (
     Case,
     CaseState,
@@ -34,6 +35,7 @@ from order_recovery.domain.case import (
     Step,
     Transition,
 )
+from order_recovery.domain.commands import ActionCommand, commands_of
 from order_recovery.domain.decision import ActionType
 from order_recovery.domain.events import EventType
 from order_recovery.domain.resolutions import CLASSES, Resolution, ResolutionType, case_type_of
@@ -82,6 +84,19 @@ INSERT_AUDIT = """INSERT INTO audit_log (order_id, exception_type, event_id, fro
 INSERT_RESOLUTION = """INSERT INTO resolutions (event_id, event_type, order_id, exception_type,
         platform, occurred_at, rule_id, step_seq, body)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)"""
+INSERT_COMMAND = """INSERT INTO case_commands (action_key, order_id, exception_type, platform,
+        step_seq, action, rule_id, amount_fen, issued_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+#: Held by the command relay for its transaction: one pass at a time across every process, so
+#: the commands go out in outbox order (the outcome relay's key is another: they do not wait on
+#: each other). SKIP LOCKED besides: a row some other transaction holds is left for later.
+COMMAND_RELAY_LOCK_KEY = 0x0DE5_C0DE
+UNPUBLISHED_COMMANDS = """SELECT id, action_key, order_id, exception_type, platform, step_seq,
+        action, rule_id, amount_fen, issued_at
+    FROM case_commands WHERE published_at IS NULL ORDER BY id LIMIT %s
+    FOR UPDATE SKIP LOCKED"""
+MARK_COMMANDS_PUBLISHED = "UPDATE case_commands SET published_at = now() WHERE id = ANY(%s)"
+COMMAND_BACKLOG = "SELECT count(*) FROM case_commands WHERE published_at IS NULL"
 
 #: The audit row's event id of a step no event caused (a deadline, a review): one per case and
 #: step, so the same step always has the same id.
@@ -226,6 +241,9 @@ class PostgresCaseWork:
                         raise WriteConflict(f"case {t.case.key} moved on before step {t.case.seq}")
                 cur.execute(INSERT_STEP, params)
                 cur.execute(INSERT_AUDIT, params)
+                commands = commands_of(t)
+                if commands:
+                    cur.executemany(INSERT_COMMAND, [_command_params(c) for c in commands])
             for resolution, step in resolutions:
                 env = resolution.envelope
                 cur.execute(
@@ -244,6 +262,36 @@ class PostgresCaseWork:
                 )
             for resolution, step in adopted:
                 cur.execute(ADOPT, (step.rule_id, _step_seq(step), resolution.envelope.event_id))
+
+
+def _command_params(c: ActionCommand) -> tuple[Any, ...]:
+    return (
+        c.action_key,
+        c.order_id,
+        str(c.exception_type),
+        c.platform,
+        c.step,
+        str(c.action),
+        c.rule_id,
+        c.amount_fen,
+        c.issued_at,
+    )
+
+
+def command_from_row(row: Sequence[Any]) -> ActionCommand:
+    """A command outbox row (after its id) as the domain's command."""
+    key, order_id, exception_type, platform, step, action, rule_id, amount_fen, issued_at = row
+    return ActionCommand(
+        action_key=key,
+        order_id=order_id,
+        exception_type=EventType(exception_type),
+        platform=platform,
+        step=step,
+        action=ActionType(action),
+        rule_id=rule_id,
+        amount_fen=amount_fen,
+        issued_at=issued_at,
+    )
 
 
 def _step_seq(step: Step) -> int | None:
@@ -282,6 +330,40 @@ class PostgresCaseStore:
     def case(self, key: CaseKey) -> Case | None:
         with self.work() as work:
             return work.read(key)
+
+    def relay_commands(self, limit: int, publish: PublishCommands) -> int:
+        """One pass of the command relay, in one transaction: up to `limit` unpublished commands,
+        oldest first, locked, handed to `publish` (which returns once the broker has them all),
+        then marked. A failed publish rolls back: nothing is marked, the next pass sends them
+        again. Another pass under way (any process): 0, nothing sent."""
+        with in_core_terms():
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    row = conn.execute(
+                        "SELECT pg_try_advisory_xact_lock(%s)", (COMMAND_RELAY_LOCK_KEY,)
+                    ).fetchone()
+                    if not (row and row[0]):
+                        return 0
+                    rows = conn.execute(UNPUBLISHED_COMMANDS, (limit,)).fetchall()
+                    if not rows:
+                        return 0
+                    publish([command_from_row(r[1:]) for r in rows])
+                    conn.execute(MARK_COMMANDS_PUBLISHED, ([r[0] for r in rows],))
+                    return len(rows)
+            except psycopg.Error:
+                self.close()
+                raise
+
+    def command_backlog(self) -> int:
+        """Commands written and not yet acknowledged by the broker."""
+        with in_core_terms():
+            try:
+                row = self._connection().execute(COMMAND_BACKLOG).fetchone()
+                return int(row[0]) if row else 0
+            except psycopg.Error:
+                self.close()
+                raise
 
     def close(self) -> None:
         if self._conn is not None:

@@ -147,7 +147,9 @@ FAN_OUT = (
 )
 
 #: Open the cases of the batch: the first opening decision of each (order, exception type) that
-#: has no case yet (a later exception leaves its case as it is); its step and audit row with it.
+#: has no case yet (a later exception leaves its case as it is); its step and audit row with it,
+#: and the step's action commands into the command outbox (migration 0011; the same columns as
+#: domain.commands.commands_of, which the store contract checks).
 OPEN_CASES = f"""WITH first AS (
         SELECT DISTINCT ON (d.order_id, d.exception_type) d.*, c.state, c.rule_id,
                c.deadline_kind, c.deadline_due_at, c.held_actions AS held,
@@ -176,7 +178,16 @@ OPEN_CASES = f"""WITH first AS (
                f.occurred_at, f.reason, {_list("f.actions")}, {_list("f.released")}
         FROM first f JOIN opened USING (order_id, exception_type)
         RETURNING order_id, exception_type, rule_id, to_state, cause_ref, cause_at, reason,
-                  actions, action_keys)
+                  actions, action_keys),
+    commands AS (
+        INSERT INTO case_commands (action_key, order_id, exception_type, platform, step_seq,
+            action, rule_id, amount_fen, issued_at)
+        SELECT a.action_key, s.order_id, s.exception_type, f.platform, 1, a.action, s.rule_id,
+               f.amount_fen, s.cause_at
+        FROM steps s JOIN first f USING (order_id, exception_type),
+             unnest(s.actions, s.action_keys) WITH ORDINALITY AS a(action, action_key, n)
+        WHERE cardinality(s.action_keys) > 0
+        ORDER BY s.order_id, s.exception_type, a.n)
     INSERT INTO audit_log (order_id, exception_type, event_id, from_status, to_status, detail)
     SELECT order_id, exception_type, cause_ref::uuid, NULL, to_state,
            jsonb_build_object('step', 1, 'rule_id', rule_id,
