@@ -57,6 +57,7 @@ ALERTS = {
     "OrderRecoveryOutboxBacklogGrowing",
     "OrderRecoveryPostgresRetriesSustained",
     "OrderRecoveryReviewsOverdue",
+    "OrderRecoveryActionCommandsStuck",
 }
 RECORDED = {
     f"{level}:order_recovery_recovered:ratio_rate{w}"

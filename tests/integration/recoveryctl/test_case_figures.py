@@ -182,6 +182,10 @@ def test_prometheus_reads_the_same_figures_from_the_case_table(lived: Settings) 
     assert value(opened, platform="douyin", state="awaiting_shipment", age="lt_15m") == 0
     assert value("order_recovery_cases_awaiting_review_fen", platform="douyin") == 600_000
     assert value("order_recovery_reviews_overdue", platform="douyin") == 0
+    with psycopg.connect(lived.database_url) as conn:
+        released = conn.execute("SELECT count(*) FROM case_commands").fetchone()
+    assert released is not None and released[0] > 0  # nothing relays them in this test
+    assert value("order_recovery_action_commands_unsent") == released[0]
     assert collector.healthy is True
 
 

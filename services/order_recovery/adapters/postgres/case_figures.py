@@ -71,6 +71,7 @@ OPEN = f"""SELECT platform, state, {age_bucket_sql("now() - opened_at")}, count(
         coalesce(sum(amount_fen), 0)::bigint,
         count(*) FILTER (WHERE review_overdue)
     FROM cases WHERE closed_at IS NULL GROUP BY 1, 2, 3"""
+UNSENT = "SELECT count(*) FROM case_commands WHERE published_at IS NULL"  # a partial index
 
 
 @dataclass
@@ -84,6 +85,7 @@ class CaseCounts:
     )
     # (platform, state, age bucket) -> (cases, order amount in fen, reviews overdue)
     open: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
+    unsent_commands: int = 0
 
 
 def read_counts(conn: psycopg.Connection[Any]) -> CaseCounts:
@@ -94,6 +96,8 @@ def read_counts(conn: psycopg.Connection[Any]) -> CaseCounts:
         counts.recovered[(etype, platform)] = (n, total_s, tuple(cumulative))
     for platform, state, bucket, n, fen, overdue in conn.execute(OPEN):
         counts.open[(platform, state, bucket)] = (n, fen, overdue)
+    row = conn.execute(UNSENT).fetchone()
+    counts.unsent_commands = row[0] if row else 0
     return counts
 
 
@@ -206,6 +210,13 @@ class CaseFigures(Collector):
         yield open_cases
         yield held
         yield overdue
+        unsent = GaugeMetricFamily(
+            f"{PREFIX}_action_commands_unsent",
+            "Action commands stored with their step and not yet acknowledged by the broker "
+            "(the command outbox; the lifecycle tick relays it).",
+        )
+        unsent.add_metric([], counts.unsent_commands)
+        yield unsent
 
 
 def _le(bound: float) -> str:
