@@ -32,7 +32,11 @@ COMMANDS = {
     ("review", "approve"): ["ORDER_ID", "--type", "--reviewer", "--reason"],
     ("review", "reject"): ["ORDER_ID", "--type", "--reviewer", "--reason"],
     ("stats",): ["--since", "--until", "--by", "--json"],
-    ("reconcile",): ["--date", "--ledger", "--json"],
+    ("reconcile",): ["--date", "--ledger", "--record", "--json"],
+    ("snapshot", "take"): ["--json"],
+    ("snapshot", "latest"): ["--json"],
+    ("snapshot", "list"): ["--limit", "--json"],
+    ("schedules",): ["--runs", "--json"],
     ("simulate",): ["--policy", "--since", "--until", "--json"],
 }  # fmt: skip
 
@@ -67,7 +71,7 @@ def test_top_level_help_lists_the_commands_as_installed() -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     for name in ("topics", "db", "produce-sample", "policy", "dlq", "case", "stats",
-                 "reconcile", "simulate"):  # fmt: skip
+                 "reconcile", "snapshot", "schedules", "simulate"):  # fmt: skip
         assert f"    {name}" in out
 
 
