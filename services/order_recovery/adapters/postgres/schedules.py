@@ -82,12 +82,12 @@ class ScheduleRunner:
             slot = due_slot(job, now, self.settings.reconcile_at)
             if (job, slot) in self._done:
                 continue
-            done[job] = what = self._run(job, slot)
+            done[job] = what = self._run(job, slot, now)
             if what != BUSY:
                 self._done = {(j, s) for j, s in self._done if j != job} | {(job, slot)}
         return done
 
-    def _run(self, job: Job, slot: datetime) -> str:
+    def _run(self, job: Job, slot: datetime, now: datetime) -> str:
         conn = self._connection()
         with conn.transaction():
             (locked,) = conn.execute(
@@ -103,7 +103,7 @@ class ScheduleRunner:
             started = datetime.now(UTC)
             try:
                 with conn.transaction():  # a savepoint: a failed job leaves its row only
-                    outcome = self._job(conn, job, slot, started)
+                    outcome = self._job(conn, job, slot, now)
                 what = RAN
             except Exception as exc:
                 if conn.broken:
