@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from order_recovery.adapters.postgres.schedules import Run
@@ -57,7 +58,7 @@ def schedules(out: Console, runs: Sequence[Run], latest: Recorded | None) -> Non
     table = Table("job", "slot", "runner", "took", "outcome")
     for r in runs:
         took = f"{(r.finished_at - r.started_at).total_seconds():.2f} s"
-        outcome = ", ".join(f"{k}={v}" for k, v in r.outcome.items())
+        outcome = escape(", ".join(f"{k}={v}" for k, v in r.outcome.items()))
         table.add_row(
             r.job, when(r.slot), r.runner, took, f"[red]{outcome}[/]" if r.failed else outcome
         )

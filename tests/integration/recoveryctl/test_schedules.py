@@ -324,3 +324,26 @@ def test_reconcile_by_hand_records_like_the_schedule(
     # Without --record nothing is written (as the reports role), as before.
     assert ctl("reconcile", "--date", DAY, "--ledger", str(good)).code == 0
     assert _count(day, "reconciliations") == 4
+
+
+def test_the_lifecycle_process_runs_the_schedules_on_its_tick(day: Settings) -> None:
+    """The one call in `LifecycleRuntime._tick`: the process's first tick takes the due
+    snapshot and reconciliation (now, by the wall clock), as the worker role."""
+    from order_recovery.runtimes.lifecycle import LifecycleRuntime
+
+    runtime = LifecycleRuntime(day)
+    try:
+        runtime._tick()
+    finally:
+        runtime.consumer.close()
+        runtime.publisher.close()
+        runtime.store.close()
+        runtime.unsendable.close()
+        runtime.schedules.close()
+    with psycopg.connect(day.database_reader_url) as conn:
+        runs = last_runs(conn)
+        snap = latest_snapshot(conn)
+    assert sorted(r.job for r in runs) == ["reconciliation", "snapshot"]
+    assert not any(r.failed for r in runs)
+    assert snap is not None and snap.source == "scheduled"
+    assert snap.open_cases == _open_cases(day)
