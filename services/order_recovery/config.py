@@ -7,10 +7,12 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import time
 from pathlib import Path
 
 from order_recovery.domain.events import EventType
 from order_recovery.domain.resolutions import ResolutionType
+from order_recovery.domain.schedules import DEFAULT_RECONCILE_AT, parse_time_of_day
 
 #: The source topics' event types, as the contract names them (one topic each).
 EXCEPTION_TYPES: tuple[str, ...] = tuple(str(t) for t in EventType)
@@ -73,6 +75,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _time_of_day(env: Mapping[str, str], name: str, default: time) -> time:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_time_of_day(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a time of day HH:MM (Asia/Shanghai)") from None
+
+
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = env.get(name) or default
     if value not in allowed:
@@ -107,12 +119,17 @@ class Settings:
     log_level: str = "INFO"
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S
+    # The daily reconciliation's time (Asia/Shanghai), and where the payment ledger's daily
+    # exports are (<YYYY-MM-DD>.csv); None: every scheduled run records the ledger missing.
+    reconcile_at: time = DEFAULT_RECONCILE_AT
+    ledger_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
         policy_dir = env.get("ORDER_RECOVERY_POLICY_DIR") or None
+        ledger_dir = env.get("ORDER_RECOVERY_LEDGER_DIR") or None
         return cls(
             kafka_bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS")
             or defaults.kafka_bootstrap_servers,
@@ -143,6 +160,8 @@ class Settings:
             max_event_skew_s=_float(
                 env, "ORDER_RECOVERY_MAX_EVENT_SKEW_S", DEFAULT_MAX_EVENT_SKEW_S
             ),
+            reconcile_at=_time_of_day(env, "ORDER_RECOVERY_RECONCILE_AT", DEFAULT_RECONCILE_AT),
+            ledger_dir=Path(ledger_dir) if ledger_dir else None,
         )
 
     def database_env(self) -> dict[str, str]:

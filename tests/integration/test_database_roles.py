@@ -32,6 +32,10 @@ TABLES = (
     "case_steps",
     "resolutions",
     "case_commands",
+    "schedule_runs",
+    "case_snapshots",
+    "case_snapshot_rows",
+    "reconciliations",
     "schema_migrations",
 )
 EVENT_ID = "6f1d3c52-4a7e-4d1b-9a41-1f0c2b7d9e01"
@@ -112,6 +116,25 @@ def _seed(owner_url: str) -> None:
                    step_seq, action, rule_id, amount_fen, issued_at)
                VALUES ('o1/shipping-delay/1/freeze', 'o1', 'shipping-delay', 'douyin', 1,
                    'freeze', 'case.open.review', 2395, now())"""
+        )
+        conn.execute(
+            """INSERT INTO schedule_runs (job, slot, runner, started_at, finished_at, outcome)
+               VALUES ('snapshot', '2026-12-02 12:00+08', 'w1', now(), now(), '{}')"""
+        )
+        conn.execute(
+            """INSERT INTO case_snapshots (taken_at, slot, source, open_cases, amount_fen)
+               VALUES ('2026-12-02 12:00+08', '2026-12-02 12:00+08', 'scheduled', 1, 2395)"""
+        )
+        conn.execute(
+            """INSERT INTO case_snapshot_rows (taken_at, state, exception_type, platform,
+                   age_bucket, cases, amount_fen, oldest_opened_at)
+               VALUES ('2026-12-02 12:00+08', 'awaiting_review', 'shipping-delay', 'douyin',
+                   'lt_15m', 1, 2395, now())"""
+        )
+        conn.execute(
+            """INSERT INTO reconciliations (day, ran_at, source, ledger, status, missing, extra,
+                   mismatched, summary)
+               VALUES ('2026-12-01', now(), 'scheduled', NULL, 'ledger_missing', 0, 0, 0, '{}')"""
         )
 
 
@@ -219,6 +242,23 @@ WORKER_REFUSED = (
     "UPDATE case_commands SET amount_fen = 0",
     "DELETE FROM case_commands",
     "TRUNCATE case_commands",
+    # The schedules' runs, snapshots and reconciliations are records: added, never changed or
+    # removed, and the worker reads back only whether a slot has run.
+    "UPDATE schedule_runs SET outcome = '{}'",
+    "UPDATE schedule_runs SET slot = now()",
+    "DELETE FROM schedule_runs",
+    "TRUNCATE schedule_runs",
+    "UPDATE case_snapshots SET open_cases = 0",
+    "DELETE FROM case_snapshots",
+    "UPDATE case_snapshot_rows SET cases = 0",
+    "DELETE FROM case_snapshot_rows",
+    "TRUNCATE case_snapshots, case_snapshot_rows",
+    "UPDATE reconciliations SET status = 'matched'",
+    "DELETE FROM reconciliations",
+    "TRUNCATE reconciliations",
+    "SELECT * FROM case_snapshots",
+    "SELECT * FROM case_snapshot_rows",
+    "SELECT * FROM reconciliations",
     # An outbox batch is only ever marked published.
     "UPDATE outbox_batches SET payloads = '{}'",
     "DELETE FROM outbox_batches",
@@ -358,6 +398,12 @@ REVIEW_WRITES = {
     ("INSERT", "audit_log"),
     ("INSERT", "case_commands"),
 }
+#: What running a schedule by hand writes (recoveryctl snapshot take, reconcile --record).
+SCHEDULE_WRITES = {
+    ("INSERT", "case_snapshots"),
+    ("INSERT", "case_snapshot_rows"),
+    ("INSERT", "reconciliations"),
+}
 READ_ONLY_REFUSED = (
     *(f"INSERT INTO {t} DEFAULT VALUES" for t in TABLES),
     *(f"UPDATE {t} SET {c} = {c}" for t, c in (
@@ -367,6 +413,9 @@ READ_ONLY_REFUSED = (
         ("unsendable_dead_letters", "error_class"), ("cases", "state"),
         ("case_steps", "to_state"), ("resolutions", "rule_id"),
         ("case_commands", "published_at"),
+        ("schedule_runs", "outcome"),
+        ("case_snapshots", "open_cases"), ("case_snapshot_rows", "cases"),
+        ("reconciliations", "status"),
     )),
     *(f"DELETE FROM {t}" for t in TABLES),
     *(f"TRUNCATE {t}" for t in TABLES),
@@ -378,7 +427,9 @@ READ_ONLY_REFUSED = (
 
 def _review_write(statement: str) -> bool:
     words = statement.split()
-    return (words[0], words[2] if words[0] == "INSERT" else words[1]) in REVIEW_WRITES
+    return (words[0], words[2] if words[0] == "INSERT" else words[1]) in (
+        REVIEW_WRITES | SCHEDULE_WRITES
+    )
 
 
 @pytest.mark.parametrize("statement", READ_ONLY_REFUSED)
@@ -400,7 +451,8 @@ OPERATOR_REFUSED = (
 
 @pytest.mark.parametrize("statement", OPERATOR_REFUSED)
 def test_operators_change_nothing_but_a_review(seeded: Settings, statement: str) -> None:
-    """`dlq replay` writes to Kafka, not here; a review writes a case's step (migration 0010)."""
+    """`dlq replay` writes to Kafka, not here; a review writes a case's step (migration 0010), a
+    schedule run by hand its snapshot or reconciliation (migration 0012)."""
     _refused(seeded.database_operator_url, statement)
 
 

@@ -1,3 +1,4 @@
+from datetime import time
 from pathlib import Path
 
 import pytest
@@ -72,11 +73,22 @@ def test_environment_overrides() -> None:
         ("ORDER_RECOVERY_BATCH_TIMEOUT_S", "-1"),
         ("ORDER_RECOVERY_MAX_RECORD_BYTES", "100"),
         ("ORDER_RECOVERY_MAX_EVENT_SKEW_S", "0"),
+        ("ORDER_RECOVERY_RECONCILE_AT", "8pm"),
+        ("ORDER_RECOVERY_RECONCILE_AT", "24:00"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})
+
+
+def test_the_schedules_settings() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.reconcile_at, defaults.ledger_dir) == (time(20, 0), None)
+    set_ = Settings.from_env(
+        {"ORDER_RECOVERY_RECONCILE_AT": "06:30", "ORDER_RECOVERY_LEDGER_DIR": "/srv/ledger"}
+    )
+    assert (set_.reconcile_at, set_.ledger_dir) == (time(6, 30), Path("/srv/ledger"))
 
 
 def test_runtime_defaults_to_confluent_and_rejects_unknown_names() -> None:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -19,11 +19,18 @@ from confluent_kafka import KafkaException
 
 from order_recovery.adapters.kafka_admin import KafkaUnavailable, ensure_project_topics
 from order_recovery.adapters.postgres.migrations import MigrationError, migrate
+from order_recovery.adapters.postgres.schedules import last_runs
+from order_recovery.adapters.postgres.snapshots import (
+    Snapshot,
+    latest_snapshot,
+    recent_snapshots,
+    take_snapshot,
+)
 from order_recovery.config import ConfigError, Settings
 from order_recovery.domain.case import ReviewRefused, ReviewVerdict
 from order_recovery.domain.errors import PolicyError
 from order_recovery.domain.policy import load_policies
-from order_recovery.ops import views
+from order_recovery.ops import schedule_views, views
 from order_recovery.ops.cases import timeline
 from order_recovery.ops.db import connect
 from order_recovery.ops.dlq import (
@@ -45,7 +52,14 @@ from order_recovery.ops.output import (
     print_json,
     progress,
 )
-from order_recovery.ops.reconcile import decided_on, read_ledger, reconcile
+from order_recovery.ops.reconcile import (
+    decided_on,
+    latest_reconciliation,
+    ledger_file,
+    read_ledger,
+    reconcile,
+    reconcile_and_record,
+)
 from order_recovery.ops.replay import check_replay_id, new_replay_id, replay
 from order_recovery.ops.reviews import decide_review, queue
 from order_recovery.ops.simulate import load, simulate
@@ -265,6 +279,8 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    if args.record:
+        return _reconcile_and_record(args, settings)
     ledger = read_ledger(args.ledger) if args.ledger else None
     with connect(settings.database_reader_url) as conn:
         result = reconcile(decided_on(conn, args.date), args.date, ledger)
@@ -273,6 +289,74 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     else:
         views.reconciliation(console(), result)
     return EXIT_OK if result.clean else EXIT_PROBLEM
+
+
+def _reconcile_and_record(args: argparse.Namespace, settings: Settings) -> int:
+    """The scheduled run's code path, by hand: the ledger given, else the day's file in
+    ORDER_RECOVERY_LEDGER_DIR; the result recorded in `reconciliations` as the operator."""
+    if args.ledger is not None and not args.ledger.is_file():
+        raise UsageError(f"cannot read ledger {args.ledger}: no such file")
+    path = args.ledger or ledger_file(settings.ledger_dir, args.date)
+    with psycopg.connect(settings.database_operator_url, connect_timeout=5) as conn:
+        result = reconcile_and_record(conn, args.date, path, "manual", datetime.now(UTC))
+    if args.json:
+        print_json(result.to_json())
+    else:
+        views.reconciliation(console(), result)
+    if result.ledger is None:
+        where = path or "nowhere (ORDER_RECOVERY_LEDGER_DIR is not set)"
+        print(f"recoveryctl: no ledger at {where}: recorded ledger_missing", file=sys.stderr)
+    return EXIT_OK if result.status == "matched" else EXIT_PROBLEM
+
+
+def _snapshot_take(args: argparse.Namespace, settings: Settings) -> int:
+    with psycopg.connect(settings.database_operator_url, connect_timeout=5) as conn:
+        snap = take_snapshot(conn, datetime.now(UTC), None, "manual")
+    return _print_snapshot(args, snap)
+
+
+def _snapshot_latest(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_reader_url) as conn:
+        snap = latest_snapshot(conn)
+    if snap is None:
+        print("recoveryctl: no snapshot yet", file=sys.stderr)
+        return EXIT_PROBLEM
+    return _print_snapshot(args, snap)
+
+
+def _print_snapshot(args: argparse.Namespace, snap: Snapshot) -> int:
+    if args.json:
+        print_json(snap.to_json())
+    else:
+        schedule_views.snapshot(console(), snap)
+    return EXIT_OK
+
+
+def _snapshot_list(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_reader_url) as conn:
+        snaps = recent_snapshots(conn, args.limit)
+    if args.json:
+        print_json({"snapshots": [s.to_json() for s in snaps]})
+    else:
+        schedule_views.snapshots(console(), snaps)
+    return EXIT_OK
+
+
+def _schedules(args: argparse.Namespace, settings: Settings) -> int:
+    with connect(settings.database_reader_url) as conn:
+        runs = last_runs(conn, args.runs)
+        latest = latest_reconciliation(conn)
+    if args.json:
+        print_json(
+            {
+                "runs": [r.to_json() for r in runs],
+                "latest_reconciliation": None if latest is None else latest.to_json(),
+            }
+        )
+    else:
+        schedule_views.schedules(console(), runs, latest)
+    last = {r.job: r for r in reversed(runs)}  # runs come newest first within a job
+    return EXIT_PROBLEM if any(r.failed for r in last.values()) else EXIT_OK
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -534,8 +618,43 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     rec.add_argument("--date", type=parse_day, required=True, help="YYYY-MM-DD (Asia/Shanghai)")
-    rec.add_argument("--ledger", type=Path, help="the ledger CSV; without it, only list the day")
+    rec.add_argument(
+        "--ledger",
+        type=Path,
+        help="the ledger CSV; without it, only list the day (with --record: the day's file in "
+        "ORDER_RECOVERY_LEDGER_DIR)",
+    )
+    rec.add_argument(
+        "--record",
+        action="store_true",
+        help="run it as the daily schedule does and record the result (as the operator)",
+    )
     rec.set_defaults(handler=_reconcile)
+
+    snap = commands.add_parser("snapshot", help="open cases by state and age (every 15 min)")
+    snap_sub = snap.add_subparsers(dest="action", required=True, metavar="ACTION")
+    snap_sub.add_parser(
+        "take", parents=[json_flag], help="take one now, record it (as the operator) and print it"
+    ).set_defaults(handler=_snapshot_take)
+    snap_sub.add_parser(
+        "latest", parents=[json_flag], help="the latest snapshot (exit 1 if there is none)"
+    ).set_defaults(handler=_snapshot_latest)
+    snap_list = snap_sub.add_parser("list", parents=[json_flag], help="recent snapshots")
+    snap_list.add_argument(
+        "--limit", type=_positive_int, default=12, help="at most N, newest first (default 12)"
+    )
+    snap_list.set_defaults(handler=_snapshot_list)
+
+    sched = commands.add_parser(
+        "schedules",
+        parents=[json_flag],
+        help="the last runs of the snapshot and reconciliation schedules, and the latest "
+        "reconciliation (exit 1 if a job's last run failed)",
+    )
+    sched.add_argument(
+        "--runs", type=_positive_int, default=1, help="runs per job, newest first (default 1)"
+    )
+    sched.set_defaults(handler=_schedules)
 
     sim = commands.add_parser(
         "simulate",

@@ -247,12 +247,28 @@ def reconciliation(out: Console, r: Reconciliation) -> None:
                 g.where,
             )
         out.print(table)
+    if r.booked_though_failed:
+        table = Table(
+            "order", "exception", "kind", "decided", "ledger", "ledger line",
+            title="[red]booked though the executor reported the action failed[/]",
+        )  # fmt: skip
+        for d, g in r.booked_though_failed:
+            table.add_row(
+                d.order_id, d.exception_type, d.kind, fen(d.amount_fen), fen(g.amount_fen), g.where
+            )
+        out.print(table)
+    reported = r.reported()
+    out.print(
+        f"executor reports: {reported['completed']} completed, {reported['failed']} failed "
+        f"(owed nothing), {reported['unreported']} not reported yet"
+    )
     if r.clean:
         out.print("[green]ledger matches[/]")
     else:
+        failed = f", {len(r.booked_though_failed)} booked though failed"
         out.print(
             f"[red]{len(r.missing)} missing, {len(r.extra)} extra, "
-            f"{len(r.mismatched)} mismatched[/]"
+            f"{len(r.mismatched)} mismatched{failed if r.booked_though_failed else ''}[/]"
         )
 
 

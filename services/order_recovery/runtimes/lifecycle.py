@@ -14,7 +14,8 @@ The clock is the earliest of those, less `ORDER_RECOVERY_MAX_EVENT_SKEW_S` (an e
 dated that far past its record). So a lagging consumer (a peak, a restart) holds deadlines back
 instead of expiring cases whose payment is still in the topic, and a quiet topic does not stop
 them. A deadline is fired by whichever process's tick reaches it first; the case's row lock and
-step number make it take effect once.
+step number make it take effect once. The tick also runs the seed's schedules
+(adapters/postgres/schedules.py), once per slot across every lifecycle process.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from order_recovery.adapters.kafka_producer import KafkaPublisher
 from order_recovery.adapters.metrics import LifecycleMetrics
 from order_recovery.adapters.postgres.case_figures import CaseFigures
 from order_recovery.adapters.postgres.cases import PostgresCaseStore
+from order_recovery.adapters.postgres.schedules import ScheduleRunner
 from order_recovery.adapters.postgres.unsendable import UnsendableStore
 from order_recovery.adapters.retry import RetryPolicy
 from order_recovery.config import EXCEPTION_TYPES, Settings
@@ -127,6 +129,7 @@ class LifecycleRuntime:
         config.pop("group.instance.id", None)
         self.consumer = Consumer(config, logger=log)
         self.clock = StreamClock(settings.max_event_skew_s)
+        self.schedules = ScheduleRunner(settings)  # the seed's snapshot and reconciliation
         self._assigned: set[tuple[str, int]] = set()
         self._last_tick = 0.0
         self._alive_at = 0.0  # monotonic time the loop last went round
@@ -163,6 +166,7 @@ class LifecycleRuntime:
             self.publisher.close()
             self.store.close()
             self.unsendable.close()
+            self.schedules.close()
         return 0
 
     def _records(self, messages: list[Message]) -> list[SourceRecord]:
@@ -217,6 +221,7 @@ class LifecycleRuntime:
         if adopted or fired:
             log.info("lifecycle tick: %d adopted, %d deadline steps", len(adopted), len(fired))
         self.commands.run()  # the action commands of every step stored since (all processes')
+        self.schedules.tick()  # never raises: a failed job is logged and recorded
 
     # ------------------------------------------------------------------ the group
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

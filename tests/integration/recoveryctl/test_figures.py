@@ -180,7 +180,9 @@ def test_reconcile_finds_missing_extra_and_mismatch(
     assert r["decided"] == {
         "coupon": {"count": 2, "amount_fen": 3000},
         "refund": {"count": 1, "amount_fen": 20000},
+        "payment": {"count": 0, "amount_fen": 0},  # no case recovered by a payment here
     }
+    assert r["reported"] == {"completed": 0, "failed": 0, "unreported": 3}  # no executor ran
     assert [(x["order_id"], x["kind"], x["amount_fen"]) for x in r["missing"]] == [
         ("ord-f", "refund", 20000)
     ]

@@ -32,7 +32,11 @@ COMMANDS = {
     ("review", "approve"): ["ORDER_ID", "--type", "--reviewer", "--reason"],
     ("review", "reject"): ["ORDER_ID", "--type", "--reviewer", "--reason"],
     ("stats",): ["--since", "--until", "--by", "--json"],
-    ("reconcile",): ["--date", "--ledger", "--json"],
+    ("reconcile",): ["--date", "--ledger", "--record", "--json"],
+    ("snapshot", "take"): ["--json"],
+    ("snapshot", "latest"): ["--json"],
+    ("snapshot", "list"): ["--limit", "--json"],
+    ("schedules",): ["--runs", "--json"],
     ("simulate",): ["--policy", "--since", "--until", "--json"],
 }  # fmt: skip
 
@@ -67,7 +71,7 @@ def test_top_level_help_lists_the_commands_as_installed() -> None:
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     for name in ("topics", "db", "produce-sample", "policy", "dlq", "case", "stats",
-                 "reconcile", "simulate"):  # fmt: skip
+                 "reconcile", "snapshot", "schedules", "simulate"):  # fmt: skip
         assert f"    {name}" in out
 
 
@@ -99,6 +103,14 @@ def _closed_port() -> int:
         (["dlq", "list"], "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:{port}", "Kafka error"),
         (["reconcile", "--date", "2025-06-02", "--ledger", "/nonexistent.csv"],
          "DATABASE_READER_URL", "postgresql://x@127.0.0.1:{port}/x", "cannot read ledger"),
+        (["reconcile", "--date", "2025-06-02", "--ledger", "/nonexistent.csv", "--record"],
+         "DATABASE_OPERATOR_URL", "postgresql://x@127.0.0.1:{port}/x", "cannot read ledger"),
+        (["snapshot", "take"], "DATABASE_OPERATOR_URL", "postgresql://x@127.0.0.1:{port}/x",
+         "cannot reach Postgres"),
+        (["schedules"], "DATABASE_READER_URL", "postgresql://x@127.0.0.1:{port}/x",
+         "cannot reach Postgres"),
+        (["reconcile", "--date", "2025-06-02", "--record"], "ORDER_RECOVERY_RECONCILE_AT",
+         "8pm", "ORDER_RECOVERY_RECONCILE_AT"),
         (["stats"], "ORDER_RECOVERY_TOPIC_PARTITIONS", "zero", "is not an integer"),
     ],
 )  # fmt: skip

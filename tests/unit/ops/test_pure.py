@@ -139,7 +139,38 @@ def test_ledger_and_reconciliation(tmp_path: Path) -> None:
     assert [x.order_id for x in r.extra] == ["o9"]
     assert [(d.amount_fen, g.amount_fen) for d, g in r.mismatched] == [(50, 100)]
     assert not r.clean
+    assert r.status == "mismatched"
     assert reconcile(decided, date(2025, 6, 2), None).clean
+    assert reconcile(decided, date(2025, 6, 2), None).status == "ledger_missing"
+
+
+def test_what_the_executor_reported_decides_what_the_ledger_owes(tmp_path: Path) -> None:
+    """A coupon or refund reported failed is owed nothing: absent is right, booked is a problem;
+    completed or not reported yet, it is owed; a payment that recovered a case is owed too."""
+    ledger = tmp_path / "l.csv"
+    ledger.write_text(
+        "order_id,exception_type,kind,amount_fen\n"
+        "o1,shipping-delay,coupon,100\n"
+        "o4,logistics-exception,refund,60\n"
+        "p1,payment-timeout,payment,23950\n"
+    )
+    decided = [
+        Line("o1", "shipping-delay", "coupon", 100, "e1", "completed"),
+        Line("o2", "shipping-delay", "coupon", 200, "e2", "failed"),  # absent: right
+        Line("o3", "shipping-delay", "coupon", 300, "e3"),  # unreported, absent: missing
+        Line("o4", "logistics-exception", "refund", 60, "e4", "failed"),  # booked anyway
+        Line("p1", "payment-timeout", "payment", 23950, "r1", "completed"),
+        Line("p2", "payment-timeout", "payment", 9900, "r2", "completed"),  # not booked
+    ]
+    r = reconcile(decided, date(2025, 6, 2), read_ledger(ledger))
+    assert [x.order_id for x in r.missing] == ["o3", "p2"]
+    assert [(d.order_id, g.where) for d, g in r.booked_though_failed] == [("o4", "line 3")]
+    assert (r.extra, r.mismatched, r.status) == ([], [], "mismatched")
+    assert r.reported() == {"completed": 3, "failed": 2, "unreported": 1}
+    assert r.to_json()["decided"]["payment"] == {"count": 2, "amount_fen": 33850}
+    owed = [x for x in decided if x.order_id not in ("o3", "p2", "o4")]
+    fine = reconcile(owed, date(2025, 6, 2), [x for x in read_ledger(ledger) if x.order_id != "o4"])
+    assert (fine.clean, fine.status) == (True, "matched")
 
 
 @pytest.mark.parametrize(
