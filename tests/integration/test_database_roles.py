@@ -243,7 +243,7 @@ WORKER_REFUSED = (
     "DELETE FROM case_commands",
     "TRUNCATE case_commands",
     # The schedules' runs, snapshots and reconciliations are records: added, never changed or
-    # removed, and the worker reads back only whether a slot has run.
+    # removed.
     "UPDATE schedule_runs SET outcome = '{}'",
     "UPDATE schedule_runs SET slot = now()",
     "DELETE FROM schedule_runs",
@@ -256,9 +256,6 @@ WORKER_REFUSED = (
     "UPDATE reconciliations SET status = 'matched'",
     "DELETE FROM reconciliations",
     "TRUNCATE reconciliations",
-    "SELECT * FROM case_snapshots",
-    "SELECT * FROM case_snapshot_rows",
-    "SELECT * FROM reconciliations",
     # An outbox batch is only ever marked published.
     "UPDATE outbox_batches SET payloads = '{}'",
     "DELETE FROM outbox_batches",

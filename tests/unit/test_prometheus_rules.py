@@ -45,7 +45,7 @@ CONFIGS = (PROMETHEUS_DIR / "prometheus.yml", PROMETHEUS_DIR / "prometheus-compo
 # recoveryctl commands that exist or are being built (issue 8); every runbook names one.
 RECOVERYCTL = re.compile(
     r"`recoveryctl (dlq (list|show|replay)|stats|case show ORDER_ID|reconcile --date D|"
-    r"simulate --policy DIR|review list)`"
+    r"simulate --policy DIR|review list|schedules)`"
 )
 ALERTS = {
     "OrderRecoveryRateBelowTarget",
@@ -58,6 +58,8 @@ ALERTS = {
     "OrderRecoveryPostgresRetriesSustained",
     "OrderRecoveryReviewsOverdue",
     "OrderRecoveryActionCommandsStuck",
+    "OrderRecoveryReconciliationMismatch",
+    "OrderRecoverySnapshotsStalled",
 }
 RECORDED = {
     f"{level}:order_recovery_recovered:ratio_rate{w}"

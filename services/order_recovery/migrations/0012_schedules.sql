@@ -55,9 +55,11 @@ CREATE TABLE reconciliations (
 CREATE INDEX reconciliations_ran_at_idx ON reconciliations (ran_at);
 
 -- The lifecycle process runs the schedules as the worker: it reads its runs back (has this slot
--- run?) and adds them, snapshots and reconciliations; all three are records, never changed.
+-- run?) and adds them, snapshots and reconciliations; all three are records, never changed. It
+-- reads the latest snapshot and reconciliation too: its metrics export when they ran and what
+-- the reconciliation found.
 GRANT SELECT, INSERT ON schedule_runs TO recovery_write;
-GRANT INSERT ON case_snapshots, case_snapshot_rows, reconciliations TO recovery_write;
+GRANT SELECT, INSERT ON case_snapshots, case_snapshot_rows, reconciliations TO recovery_write;
 -- An operator runs either by hand (`recoveryctl snapshot take`, `reconcile --record`); reading
 -- comes with recovery_read.
 GRANT INSERT ON case_snapshots, case_snapshot_rows, reconciliations TO recovery_operate;

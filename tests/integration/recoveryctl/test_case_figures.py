@@ -5,7 +5,8 @@ time to the recovering resolution's, and the open cases show by state and age.""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,6 +15,8 @@ import pytest
 
 from order_recovery.adapters.postgres.case_figures import CaseFigures
 from order_recovery.adapters.postgres.cases import PostgresCaseStore
+from order_recovery.adapters.postgres.reconciliation import reconcile_and_record
+from order_recovery.adapters.postgres.snapshots import take_snapshot
 from order_recovery.config import EXCEPTION_TYPES, Settings
 from order_recovery.core.lifecycle import Lifecycle
 from order_recovery.domain.case import Transition
@@ -206,3 +209,31 @@ def test_postgres_buckets_ages_as_python_does(settings: Settings) -> None:
         ]
     assert got == [age_bucket(age) for age in ages]
     assert got[2:4] == ["lt_15m", "lt_1h"]
+
+
+def test_the_schedules_gauges_follow_the_latest_runs(lived: Settings, tmp_path: Path) -> None:
+    """No series before a first run (a timestamp of 0 would read as 1970); then when the latest
+    snapshot and reconciliation ran and what the reconciliation found."""
+    collector = CaseFigures(lived.database_url, EXCEPTION_TYPES, POLICIES, refresh_s=0)
+    try:
+        before = {name for name, _ in _samples(collector)}
+        assert "order_recovery_snapshot_last_taken_timestamp_seconds" not in before
+        assert "order_recovery_reconciliation_problems" not in before
+        ledger = tmp_path / "ledger.csv"
+        ledger.write_text(
+            "order_id,exception_type,kind,amount_fen\nord-x,shipping-delay,coupon,1\n"
+        )
+        at = datetime(2026, 12, 2, 20, 0, tzinfo=UTC)
+        with psycopg.connect(lived.database_url) as conn:  # as the lifecycle process runs them
+            take_snapshot(conn, at, at, "scheduled")
+            reconcile_and_record(conn, date(2026, 12, 1), ledger, "scheduled", at)
+        samples = _samples(collector)
+    finally:
+        collector.close()
+    assert samples[("order_recovery_snapshot_last_taken_timestamp_seconds", ())] == at.timestamp()
+    ran = samples[("order_recovery_reconciliation_last_run_timestamp_seconds", ())]
+    assert ran == at.timestamp()
+    assert samples[("order_recovery_reconciliation_problems", ())] == 1  # ord-x: not decided
+    status = "order_recovery_reconciliation_status"
+    assert samples[(status, (("status", "mismatched"),))] == 1
+    assert samples[(status, (("status", "matched"),))] == 0

@@ -72,6 +72,13 @@ OPEN = f"""SELECT platform, state, {age_bucket_sql("now() - opened_at")}, count(
         count(*) FILTER (WHERE review_overdue)
     FROM cases WHERE closed_at IS NULL GROUP BY 1, 2, 3"""
 UNSENT = "SELECT count(*) FROM case_commands WHERE published_at IS NULL"  # a partial index
+SCHEDULES = """SELECT
+    (SELECT extract(epoch FROM max(taken_at))::float8 FROM case_snapshots),
+    r.ran_at_s, r.status, r.problems
+    FROM (SELECT 1) one LEFT JOIN (
+        SELECT extract(epoch FROM ran_at)::float8 AS ran_at_s, status,
+               missing + extra + mismatched AS problems
+        FROM reconciliations ORDER BY ran_at DESC LIMIT 1) r ON true"""
 
 
 @dataclass
@@ -86,6 +93,11 @@ class CaseCounts:
     # (platform, state, age bucket) -> (cases, order amount in fen, reviews overdue)
     open: dict[tuple[str, str, str], tuple[int, int, int]] = field(default_factory=dict)
     unsent_commands: int = 0
+    snapshot_at: float | None = None  # epoch seconds of the latest snapshot
+    # the latest reconciliation: when it ran, its status and how many lines differed
+    reconciled_at: float | None = None
+    reconciliation_status: str | None = None
+    reconciliation_problems: int = 0
 
 
 def read_counts(conn: psycopg.Connection[Any]) -> CaseCounts:
@@ -98,6 +110,10 @@ def read_counts(conn: psycopg.Connection[Any]) -> CaseCounts:
         counts.open[(platform, state, bucket)] = (n, fen, overdue)
     row = conn.execute(UNSENT).fetchone()
     counts.unsent_commands = row[0] if row else 0
+    row = conn.execute(SCHEDULES).fetchone()
+    if row is not None:
+        counts.snapshot_at, counts.reconciled_at, counts.reconciliation_status = row[:3]
+        counts.reconciliation_problems = row[3] or 0
     return counts
 
 
@@ -217,6 +233,44 @@ class CaseFigures(Collector):
         )
         unsent.add_metric([], counts.unsent_commands)
         yield unsent
+        yield from _schedule_families(counts)
+
+
+#: The statuses a reconciliation records (migration 0012).
+RECONCILIATION_STATUSES = ("matched", "mismatched", "ledger_missing")
+
+
+def _schedule_families(counts: CaseCounts) -> Iterator[Metric]:
+    """When the schedules last ran, and what the latest reconciliation found: a series only once
+    a run exists (a timestamp of 0 would read as "1970")."""
+    snapshot = GaugeMetricFamily(
+        f"{PREFIX}_snapshot_last_taken_timestamp_seconds",
+        "When the latest snapshot of the open cases was taken (scheduled every 15 min).",
+    )
+    if counts.snapshot_at is not None:
+        snapshot.add_metric([], counts.snapshot_at)
+    yield snapshot
+    ran = GaugeMetricFamily(
+        f"{PREFIX}_reconciliation_last_run_timestamp_seconds",
+        "When the latest reconciliation against the payment ledger ran (daily, 20:00).",
+    )
+    status = GaugeMetricFamily(
+        f"{PREFIX}_reconciliation_status",
+        "1 for the status of the latest reconciliation (matched, mismatched, ledger_missing).",
+        labels=["status"],
+    )
+    problems = GaugeMetricFamily(
+        f"{PREFIX}_reconciliation_problems",
+        "Lines the latest reconciliation found missing, extra or different.",
+    )
+    if counts.reconciled_at is not None:
+        ran.add_metric([], counts.reconciled_at)
+        for name in RECONCILIATION_STATUSES:
+            status.add_metric([name], 1 if name == counts.reconciliation_status else 0)
+        problems.add_metric([], counts.reconciliation_problems)
+    yield ran
+    yield status
+    yield problems
 
 
 def _le(bound: float) -> str:
