@@ -32,12 +32,13 @@ import psycopg
 from order_recovery.config import Settings
 from order_recovery.core.headers import DLQ_ERROR_CLASS, DLQ_ID, dead_letter_id
 from order_recovery.domain.contract import event_from_dict
-from order_recovery.domain.decision import ActionType, CompensationKind, Decision
+from order_recovery.domain.decision import ActionType, CompensationKind, Decision, Outcome
 from order_recovery.domain.history import OrderHistory, business_day
 from order_recovery.domain.outcome import outcome_event_id
 from order_recovery.domain.policy import Policy, load_policies
 from order_recovery.domain.rules import decide
 from tests.chaos.feed import Feed
+from tests.support.commit_order import DECISIONS_IN_COMMIT_ORDER
 from tests.support.kafka_io import read_topic
 from tests.support.reference import expected_decisions
 
@@ -58,6 +59,11 @@ CHECKS = (
     ("poison_missing", "poison records missing from the DLQ"),
     ("poison_twice", "poison records dead-lettered twice (two different letters)"),
     ("unexpected", "valid events dead-lettered, or poison decided"),
+    ("cases_opened_not_once", "cases not opened exactly once (no case, or not one opening step)"),
+    ("cases_opened_by_another", "cases not opened by their first non-rejected decision"),
+    ("case_step_gaps", "cases whose step numbers are not 1..seq"),
+    ("action_keys_twice", "action keys released by two case steps"),
+    ("step_audits_not_one", "case steps without exactly one audit row"),
 )
 
 
@@ -73,6 +79,23 @@ class Findings:
 
 
 # ---------------------------------------------------------------------------- what is stored
+class CaseRow(NamedTuple):
+    order_id: str
+    exception_type: str
+    opened_by: str
+    seq: int  # the case's last step
+
+
+class StepRow(NamedTuple):
+    order_id: str
+    exception_type: str
+    seq: int
+    from_state: str | None  # None: the step opened the case
+    cause_kind: str
+    cause_ref: str
+    action_keys: tuple[str, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Stored:
     decisions: dict[str, tuple[Any, ...]]  # event id -> row (see _DECISIONS)
@@ -83,6 +106,12 @@ class Stored:
     #: Dead letters the broker refused even truncated, kept in Postgres instead (migration
     #: 0009): (identity, error class).
     kept_letters: tuple[tuple[str, str], ...] = ()
+    #: Decision event ids in commit order (tests/support/commit_order.py).
+    committed: tuple[str, ...] = ()
+    cases: tuple[CaseRow, ...] = ()
+    steps: tuple[StepRow, ...] = ()
+    #: Audit rows of case steps (`detail ? 'step'`) per (order, exception type, step).
+    step_audits: Counter[tuple[str, str, int]] = field(default_factory=Counter)
 
 
 _DECISIONS = """SELECT event_id::text, order_id, exception_type, buyer_id, platform, occurred_at,
@@ -122,9 +151,50 @@ def read_stored(dsn: str) -> Stored:
                    FROM unsendable_dead_letters"""
             )
         )
+        lifecycle = _read_cases(conn)
     return Stored(
-        decisions, {k: tuple(v) for k, v in actions.items()}, compensations, refunds, audit, kept
+        decisions,
+        {k: tuple(v) for k, v in actions.items()},
+        compensations,
+        refunds,
+        audit,
+        kept,
+        *lifecycle,
     )
+
+
+def _read_cases(
+    conn: psycopg.Connection[Any],
+) -> tuple[
+    tuple[str, ...], tuple[CaseRow, ...], tuple[StepRow, ...], Counter[tuple[str, str, int]]
+]:
+    """Decisions in commit order, cases, their steps and the steps' audit rows."""
+    (tracked,) = conn.execute("SELECT current_setting('track_commit_timestamp')").fetchone() or (
+        None,
+    )
+    assert tracked == "on", "commit order needs track_commit_timestamp (the local stack sets it)"
+    committed = tuple(r[0] for r in conn.execute(DECISIONS_IN_COMMIT_ORDER))
+    cases = tuple(
+        CaseRow(*r)
+        for r in conn.execute("SELECT order_id, exception_type, opened_by::text, seq FROM cases")
+    )
+    steps = tuple(
+        StepRow(*r[:6], tuple(r[6]))
+        for r in conn.execute(
+            """SELECT order_id, exception_type, seq, from_state, cause_kind, cause_ref,
+                      action_keys FROM case_steps"""
+        )
+    )
+    audits: Counter[tuple[str, str, int]] = Counter(
+        {
+            (o, t, step): n
+            for o, t, step, n in conn.execute(
+                """SELECT order_id, exception_type, (detail->>'step')::int, count(*)
+                   FROM audit_log WHERE detail ? 'step' GROUP BY 1, 2, 3"""
+            )
+        }
+    )
+    return committed, cases, steps, audits
 
 
 # ---------------------------------------------------------------------------- order dependence
@@ -263,6 +333,7 @@ def evaluate(
     _check_refund_cap(stored, policies, found, info)
     _check_outcomes(stored, outcomes, found, info)
     _check_dead_letters(poison, letters, found, info)
+    _check_cases(stored, found, info)
     return Findings(
         {key: len(found.get(key, [])) for key, _ in CHECKS},
         {key: found[key][:5] for key, _ in CHECKS if found.get(key)},
@@ -394,3 +465,64 @@ def _check_dead_letters(
     found["unexpected"] += [
         f"dead letter for {i} (not poison)" for i in sorted(by_identity) if i not in poison
     ]
+
+
+def _check_cases(stored: Stored, found: dict[str, list[str]], info: dict[str, int]) -> None:
+    """The cases the decisions opened (migration 0010, OPEN_CASES): each (order, exception type)
+    with a decision that is not a rejection has one case, opened by one step (step 1, caused by
+    that exception) and by the first such decision in commit order, whichever worker or batch
+    wrote it; its steps are numbered 1..seq; an action key (what an executor applies once) is
+    released by one step only; each step has one audit row."""
+    first: dict[tuple[str, str], str] = {}
+    for event_id in stored.committed:
+        row = stored.decisions.get(event_id)
+        if row is not None and row[6] != str(Outcome.REJECTED):
+            first.setdefault((row[1], row[2]), event_id)
+    cases = {(c.order_id, c.exception_type): c for c in stored.cases}
+    steps: dict[tuple[str, str], list[StepRow]] = defaultdict(list)
+    for step in stored.steps:
+        steps[(step.order_id, step.exception_type)].append(step)
+    info["cases"] = len(cases)
+    info["case steps"] = len(stored.steps)
+
+    for key in sorted(set(first) | set(cases) | set(steps)):
+        name = f"{key[0]} {key[1]}"
+        case = cases.get(key)
+        if case is None:
+            why = "no case" if key in first else "steps without a case"
+            found["cases_opened_not_once"].append(f"{name}: {why}")
+            continue
+        openings = [s for s in steps.get(key, []) if s.from_state is None]
+        if [(s.seq, s.cause_kind, s.cause_ref) for s in openings] != [
+            (1, "exception", case.opened_by)
+        ]:
+            found["cases_opened_not_once"].append(
+                f"{name}: opening steps {[(s.seq, s.cause_ref) for s in openings]}, "
+                f"opened by {case.opened_by}"
+            )
+        if key not in first:
+            found["cases_opened_by_another"].append(
+                f"{name}: opened by {case.opened_by}, no decision that is not a rejection"
+            )
+        elif case.opened_by != first[key]:
+            found["cases_opened_by_another"].append(
+                f"{name}: opened by {case.opened_by}, first committed {first[key]}"
+            )
+        numbers = sorted(s.seq for s in steps.get(key, []))
+        if numbers != list(range(1, case.seq + 1)):
+            found["case_step_gaps"].append(f"{name}: steps {numbers}, case at step {case.seq}")
+
+    released: dict[str, list[str]] = defaultdict(list)
+    for step in stored.steps:
+        for action_key in step.action_keys:
+            released[action_key].append(f"{step.order_id} {step.exception_type} {step.seq}")
+    found["action_keys_twice"] = [
+        f"{k}: steps {where}" for k, where in sorted(released.items()) if len(where) > 1
+    ]
+
+    numbered = Counter((s.order_id, s.exception_type, s.seq) for s in stored.steps)
+    for key3 in sorted(set(numbered) | set(stored.step_audits)):
+        if (numbered[key3], stored.step_audits[key3]) != (1, 1):
+            found["step_audits_not_one"].append(
+                f"{key3}: {numbered[key3]} step(s), {stored.step_audits[key3]} audit row(s)"
+            )

@@ -17,9 +17,13 @@ import psycopg
 from tests.support.reference import expected_decisions
 
 #: Stored events in commit order; within one transaction, in the order its audit rows were
-#: inserted (the stage's decision order).
-_IN_COMMIT_ORDER = """SELECT d.event::text FROM decisions d JOIN audit_log a USING (event_id)
+#: inserted (the stage's decision order). A decision's own audit row, not the case step an
+#: exception opened (which shares the event id).
+_ORDER = """FROM decisions d JOIN audit_log a USING (event_id) WHERE NOT a.detail ? 'step'
     ORDER BY pg_xact_commit_timestamp(d.xmin), a.id"""
+_IN_COMMIT_ORDER = f"SELECT d.event::text {_ORDER}"
+#: The decisions' event ids in commit order (the chaos checker's order of case openings).
+DECISIONS_IN_COMMIT_ORDER = f"SELECT d.event_id::text {_ORDER}"
 
 
 def events_in_commit_order(dsn: str) -> list[dict[str, Any]]:

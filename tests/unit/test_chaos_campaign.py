@@ -17,9 +17,11 @@ from order_recovery.domain.history import business_day
 from order_recovery.domain.outcome import outcome_event_id
 from order_recovery.domain.policy import load_policies
 from tests.chaos.checker import (
+    CaseRow,
     Findings,
     Letter,
     Published,
+    StepRow,
     Stored,
     dead_letter_identity,
     evaluate,
@@ -65,6 +67,9 @@ class World:
         compensations: dict[str, tuple[str, int]] = {}
         refunds: Counter[tuple[str, date]] = Counter()
         self.outcomes: list[Published] = []
+        committed: list[str] = []
+        cases: dict[tuple[str, str], CaseRow] = {}
+        steps: list[StepRow] = []
         for i, record in enumerate(feed.records):
             if record.kind != EVENT or record.event is None:
                 continue
@@ -83,8 +88,24 @@ class World:
                 if kind == "refund":
                     refunds[(event["buyer_id"], business_day(occurred))] += 1
             self.outcomes.append(self.published(len(self.outcomes), event["event_id"], decision))
+            if event["event_id"] in committed:
+                continue  # a redelivery: decided once
+            committed.append(event["event_id"])  # one worker: commit order is feed order
+            key = (event["order_id"], event["event_type"])
+            if str(decision.outcome) != "rejected" and key not in cases:
+                cases[key] = CaseRow(*key, event["event_id"], 1)
+                keys = tuple(f"{key[0]}/{key[1]}/1/{a}" for a in decision.actions)
+                steps.append(StepRow(*key, 1, None, "exception", event["event_id"], keys))
         self.stored = Stored(
-            decisions, actions, compensations, refunds, Counter(dict.fromkeys(decisions, 1))
+            decisions,
+            actions,
+            compensations,
+            refunds,
+            Counter(dict.fromkeys(decisions, 1)),
+            committed=tuple(committed),
+            cases=tuple(cases.values()),
+            steps=tuple(steps),
+            step_audits=Counter({(s.order_id, s.exception_type, s.seq): 1 for s in steps}),
         )
         self.poison = {
             "/".join(map(str, addresses[i])): r.kind
@@ -137,7 +158,9 @@ def test_a_flawless_run_is_clean_and_exercises_the_limits(world: World) -> None:
 
 
 def test_a_missing_decision_is_lost_and_its_outcome_gone(world: World) -> None:
-    gone = next(iter(world.stored.decisions))
+    # One that opened no case (a lost opening decision would be missing its case as well).
+    openers = {c.opened_by for c in world.stored.cases}
+    gone = next(e for e in world.stored.decisions if e not in openers)
     decisions = {k: v for k, v in world.stored.decisions.items() if k != gone}
     findings = world.evaluate(stored=replace(world.stored, decisions=decisions))
     assert broken(findings) == {"lost": 1}
@@ -295,3 +318,100 @@ def test_the_schedule_is_seeded_and_has_every_fault_asked_for() -> None:
     assert all(1 <= f.hold_s <= 3 and f.target in MEMBERS for f in faults if f.kind == WORKER_KILL)
     assert all(f.hold_s > 10 for f in faults if f.kind == WORKER_PAUSE)
     assert all(2 <= f.gap_s <= 6 for f in faults)
+
+
+# ---------------------------------------------------------------------------- cases
+def _case_with_two_decisions(world: World) -> tuple[CaseRow, str]:
+    """A case and the later decision of its order and type that is not a rejection."""
+    rows = world.stored.decisions
+    for case in world.stored.cases:
+        later = [
+            e
+            for e in world.stored.committed
+            if e != case.opened_by
+            and rows[e][1:3] == (case.order_id, case.exception_type)
+            and rows[e][6] != "rejected"
+        ]
+        if later:
+            return case, later[0]
+    raise AssertionError("the feed has no order with two exceptions of one type")
+
+
+def _steps_of(world: World, case: CaseRow) -> list[StepRow]:
+    return [s for s in world.stored.steps if s[:2] == case[:2]]
+
+
+def _with_step(world: World, case: CaseRow, step: StepRow, audits: int = 1) -> Stored:
+    """The store with `step` appended to `case` (the case moved to it), audited `audits` times."""
+    stored = world.stored
+    cases = tuple(c._replace(seq=step.seq) if c == case else c for c in stored.cases)
+    step_audits = Counter(stored.step_audits)
+    step_audits[(step.order_id, step.exception_type, step.seq)] += audits
+    return replace(stored, cases=cases, steps=(*stored.steps, step), step_audits=step_audits)
+
+
+def test_a_case_opened_by_a_later_decision_or_by_none_is_counted(world: World) -> None:
+    case, later = _case_with_two_decisions(world)
+    assert world.evaluate().info["cases"] == len(world.stored.cases) > 0
+    # Commit order decides: the same rows, the later decision committed first.
+    committed = [later, *(e for e in world.stored.committed if e != later)]
+    findings = world.evaluate(stored=replace(world.stored, committed=tuple(committed)))
+    assert broken(findings) == {"cases_opened_by_another": 1}
+    (example,) = findings.examples["cases_opened_by_another"]
+    assert example == (
+        f"{case.order_id} {case.exception_type}: opened by {case.opened_by}, "
+        f"first committed {later}"
+    )
+    # A case (with its opening step and audit row) for an order nothing decided.
+    stray = CaseRow("ord-nowhere", "payment-timeout", later, 1)
+    opening = StepRow("ord-nowhere", "payment-timeout", 1, None, "exception", later, ())
+    stored = replace(
+        world.stored,
+        cases=(*world.stored.cases, stray),
+        steps=(*world.stored.steps, opening),
+        step_audits=world.stored.step_audits + Counter({("ord-nowhere", "payment-timeout", 1): 1}),
+    )
+    assert broken(world.evaluate(stored=stored)) == {"cases_opened_by_another": 1}
+
+
+def test_a_case_missing_or_opened_twice_is_counted(world: World) -> None:
+    case, later = _case_with_two_decisions(world)
+    stored = world.stored
+    missing = replace(
+        stored,
+        cases=tuple(c for c in stored.cases if c != case),
+        steps=tuple(s for s in stored.steps if s[:2] != case[:2]),
+        step_audits=Counter({k: n for k, n in stored.step_audits.items() if k[:2] != case[:2]}),
+    )
+    assert broken(world.evaluate(stored=missing)) == {"cases_opened_not_once": 1}
+    # The later exception opened it again, as step 2.
+    again = StepRow(case.order_id, case.exception_type, 2, None, "exception", later, ())
+    assert broken(world.evaluate(stored=_with_step(world, case, again))) == {
+        "cases_opened_not_once": 1
+    }
+
+
+def test_a_gap_in_a_cases_steps_is_counted(world: World) -> None:
+    case = world.stored.cases[0]
+    step3 = StepRow(*case[:2], 3, "awaiting_payment", "deadline", "payment_window", ())
+    assert broken(world.evaluate(stored=_with_step(world, case, step3))) == {"case_step_gaps": 1}
+    step2 = step3._replace(seq=2)
+    assert broken(world.evaluate(stored=_with_step(world, case, step2))) == {}
+
+
+def test_an_action_key_released_by_two_steps_is_counted(world: World) -> None:
+    case = next(c for c in world.stored.cases if _steps_of(world, c)[0].action_keys)
+    (opening,) = _steps_of(world, case)
+    step2 = StepRow(*case[:2], 2, "awaiting_review", "review", "r-1", opening.action_keys[:1])
+    assert broken(world.evaluate(stored=_with_step(world, case, step2))) == {"action_keys_twice": 1}
+
+
+def test_a_case_step_audited_never_or_twice_is_counted(world: World) -> None:
+    case = world.stored.cases[0]
+    step2 = StepRow(*case[:2], 2, "awaiting_review", "review", "r-1", ())
+    for audits in (0, 2):
+        findings = world.evaluate(stored=_with_step(world, case, step2, audits))
+        assert broken(findings) == {"step_audits_not_one": 1}, audits
+    orphan = Counter({**world.stored.step_audits, (*case[:2], 7): 1})  # no such step
+    findings = world.evaluate(stored=replace(world.stored, step_audits=orphan))
+    assert broken(findings) == {"step_audits_not_one": 1}

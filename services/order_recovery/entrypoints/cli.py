@@ -31,7 +31,7 @@ from order_recovery.domain.case import ReviewRefused, ReviewVerdict
 from order_recovery.domain.errors import PolicyError
 from order_recovery.domain.policy import load_policies
 from order_recovery.ops import schedule_views, views
-from order_recovery.ops.cases import timeline
+from order_recovery.ops.cases import show as show_case
 from order_recovery.ops.db import connect
 from order_recovery.ops.dlq import (
     LetterFilter,
@@ -246,14 +246,14 @@ def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def _case_show(args: argparse.Namespace, settings: Settings) -> int:
     with connect(settings.database_reader_url) as conn:
-        entries = timeline(conn, args.order_id)
-    if not entries:
-        print(f"recoveryctl: no decisions for order {args.order_id}", file=sys.stderr)
+        found = show_case(conn, args.order_id)
+    if found.empty:
+        print(f"recoveryctl: no decisions or cases for order {args.order_id}", file=sys.stderr)
         return EXIT_PROBLEM
     if args.json:
-        print_json({"order_id": args.order_id, "timeline": [e.to_json() for e in entries]})
+        print_json(found.to_json())
     else:
-        views.case(console(), args.order_id, entries)
+        views.case(console(), found)
     return EXIT_OK
 
 
@@ -558,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     case_show = case_sub.add_parser(
         "show",
         parents=[json_flag],
-        help="the order's timeline: events, decisions, actions, compensation, audit log "
-        "(exit 1 if the order is unknown)",
+        help="the order's cases (state, deadline, held and released actions) and timeline: "
+        "events, decisions, actions, compensation, audit log, case steps, resolutions, "
+        "deadlines set and fired, reviews, action reports (exit 1 if the order is unknown)",
     )
     case_show.add_argument("order_id", metavar="ORDER_ID")
     case_show.set_defaults(handler=_case_show)

@@ -1,39 +1,60 @@
 """`case show`: one order's story, from every table that records part of it, in time order.
 
-Events sort by event time; what the service did (decisions, actions, compensation, audit) by the
-wall time it did it, so a late-arriving event shows where it happened and where it was decided.
+Events sort by event time; what the service did (decisions, actions, compensation, audit, a case's
+steps, the resolutions it recorded, the deadlines it set and fired) by the wall time it did it, so
+a late-arriving event shows where it happened and where it was decided. Above the timeline, each
+case of the order (`ops.case_life`): its state, deadline, held and released actions.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-# Within one instant, the cause before its effects.
-_KIND_ORDER = {"event": 0, "decision": 1, "action": 2, "compensation": 3, "audit": 4, "step": 5}
+from order_recovery.ops.case_entry import KIND_ORDER, Entry
+from order_recovery.ops.case_life import ActionState, CaseHeader, case_life
+
+__all__ = ["ActionState", "CaseHeader", "CaseShow", "Entry", "show", "timeline"]
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    at: datetime
-    kind: str  # event | decision | action | compensation | audit | step (a case's)
-    exception_type: str
-    event_id: str
-    summary: str
-    detail: dict[str, Any]
-    seq: int = 0  # action order within a decision, audit row id: the tie-break at one instant
+class CaseShow:
+    order_id: str
+    cases: list[CaseHeader]
+    timeline: list[Entry]
+
+    @property
+    def empty(self) -> bool:
+        return not self.cases and not self.timeline
 
     def to_json(self) -> dict[str, Any]:
-        """Every field but the tie-break."""
-        out = asdict(self)
-        del out["seq"]
-        return out
+        return {
+            "order_id": self.order_id,
+            "cases": [c.to_json() for c in self.cases],
+            "timeline": [e.to_json() for e in self.timeline],
+        }
+
+
+def show(conn: psycopg.Connection[Any], order_id: str) -> CaseShow:
+    audit_ids: dict[tuple[str, int], str] = {}
+    entries = _decisions(conn, order_id, audit_ids)
+    cases, life = case_life(conn, order_id, audit_ids)
+    return CaseShow(order_id, cases, _sorted(entries + life))
 
 
 def timeline(conn: psycopg.Connection[Any], order_id: str) -> list[Entry]:
+    """Every entry of the order, in time order (`show` without the case headers)."""
+    return show(conn, order_id).timeline
+
+
+def _decisions(
+    conn: psycopg.Connection[Any], order_id: str, audit_ids: dict[tuple[str, int], str]
+) -> list[Entry]:
+    """Events, decisions, actions, compensation and the decisions' audit rows. A case step's
+    audit row is not listed (its step is, from `case_steps`): its event id goes to
+    `audit_ids`, by exception type and step."""
     entries: list[Entry] = []
     for row in conn.execute(
         """SELECT event_id::text, exception_type, platform, occurred_at, decided_at, outcome,
@@ -115,22 +136,34 @@ def timeline(conn: psycopg.Connection[Any], order_id: str) -> list[Entry]:
            FROM audit_log WHERE order_id = %s ORDER BY id""",
         (order_id,),
     ):
-        step = "step" in detail  # a case's step (domain.case), else a decision's audit row
-        summary = f"{from_status or '(new)'} -> {to_status}"
+        if "step" in detail:  # a case's step (domain.case), listed from case_steps
+            audit_ids[(etype, detail["step"])] = event_id
+            continue
         entries.append(
             Entry(
                 at,
-                "step" if step else "audit",
+                "audit",
                 etype,
                 event_id,
-                f"{summary}: {detail['rule_id']}" if step else summary,
+                f"{from_status or '(new)'} -> {to_status}",
                 {"from_status": from_status, "to_status": to_status, **detail},
                 audit_id,
             )
         )
-    # Decisions of one batch share a decided_at: at one instant, follow the events' own order.
-    occurred = {e.event_id: e.at for e in entries if e.kind == "event"}
-    entries.sort(
-        key=lambda e: (e.at, occurred.get(e.event_id, e.at), e.event_id, _KIND_ORDER[e.kind], e.seq)
-    )
     return entries
+
+
+def _sorted(entries: list[Entry]) -> list[Entry]:
+    """Decisions of one batch share a decided_at, a case's steps of one transaction their
+    recorded_at: at one instant, follow event time (the entry's own, else its event's)."""
+    occurred = {e.event_id: e.at for e in entries if e.kind == "event"}
+    return sorted(
+        entries,
+        key=lambda e: (
+            e.at,
+            e.tie or occurred.get(e.event_id, e.at),
+            e.event_id,
+            KIND_ORDER[e.kind],
+            e.seq,
+        ),
+    )

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from order_recovery.ops.cases import Entry
+from order_recovery.ops.cases import CaseShow, Entry
 from order_recovery.ops.dlq import Letter, TopicSummary
 from order_recovery.ops.output import escape_bytes, fen, minutes, percent, when
 from order_recovery.ops.reconcile import Line, Reconciliation
@@ -127,18 +127,99 @@ def replay(out: Console, result: ReplayResult) -> None:
         )
 
 
-def case(out: Console, order_id: str, entries: Sequence[Entry]) -> None:
-    table = Table("at", "what", "exception", "summary", title=f"order {order_id}")
-    styles = {"event": "cyan", "decision": "bold", "compensation": "magenta"}
-    for e in entries:
-        table.add_row(
-            when(e.at), e.kind, e.exception_type, escape(e.summary), style=styles.get(e.kind)
+def _case_headers(out: Console, show: CaseShow) -> None:
+    """One row per case of the order, then every action its steps released and its report."""
+    table = Table(
+        "exception",
+        "state",
+        "steps",
+        "opened",
+        "closed",
+        "pending deadline",
+        "held",
+        "review",
+        title=f"cases of order {escape(show.order_id)}",
+    )
+    for c in show.cases:
+        deadline = (
+            "-"
+            if c.deadline is None
+            else f"{c.deadline['kind']} due {when(c.deadline['due_at'])} "
+            f"(step {c.deadline['set_by_step']})"
         )
-        if e.kind == "decision":
-            d = e.detail
-            flags = f" flags: {', '.join(d['risk_flags'])}" if d["risk_flags"] else ""
-            detail = escape(f"{d['reason']} ({d['policy_version']}){flags}")
-            table.add_row("", "", "", f"[dim]{detail}[/]")
+        table.add_row(
+            c.exception_type,
+            f"[bold]{c.state}[/]",
+            str(c.steps),
+            when(c.opened_at),
+            when(c.closed_at),
+            deadline,
+            ", ".join(c.held_actions) or "-",
+            "[red]overdue[/]" if c.review_overdue else "-",
+        )
+    out.print(table)
+    released = [(c.exception_type, a) for c in show.cases for a in c.actions]
+    if not released:
+        return
+    actions = Table(
+        "exception", "step", "action key", "status", "reported", title="actions released"
+    )
+    styles = {"completed": "green", "failed": "red", "retrying": "yellow"}
+    for etype, a in released:
+        actions.add_row(
+            etype,
+            str(a.released_by),
+            escape(a.key),
+            a.status,
+            when(a.reported_at),
+            style=styles.get(a.status),
+        )
+    out.print(actions)
+
+
+def _entry_note(e: Entry) -> str | None:
+    """The dim line under an entry: why, by whom, with what effect."""
+    d = e.detail
+    if e.kind == "decision":
+        flags = f" flags: {', '.join(d['risk_flags'])}" if d["risk_flags"] else ""
+        return f"{d['reason']} ({d['policy_version']}){flags}"
+    if e.kind == "step":
+        cause = d["cause"]
+        by = f"by {d['actor']}: " if d["actor"] else ""
+        note = f"{cause['kind']} {cause['ref']} at {when(cause['at'])}; {by}{d['reason']}"
+        if d["released"]:
+            keys = ", ".join(f"{r['key']} ({r['status']})" for r in d["released"])
+            note += f"; released {keys}"
+        return note
+    if e.kind == "resolution":
+        note = f"event time {when(d['occurred_at'])}"
+        return note + (f"; changed nothing: {d['why']}" if d["ignored"] else "")
+    return None
+
+
+def case(out: Console, show: CaseShow) -> None:
+    if show.cases:
+        _case_headers(out, show)
+    table = Table("at", "what", "exception", "summary", title=f"order {escape(show.order_id)}")
+    styles = {
+        "event": "cyan",
+        "decision": "bold",
+        "compensation": "magenta",
+        "resolution": "cyan",
+        "step": "bold",
+        "deadline_fired": "yellow",
+    }
+    for e in show.timeline:
+        table.add_row(
+            when(e.at),
+            e.kind.replace("_", " "),
+            e.exception_type,
+            escape(e.summary),
+            style=styles.get(e.kind),
+        )
+        note = _entry_note(e)
+        if note:
+            table.add_row("", "", "", f"[dim]{escape(note)}[/]")
     out.print(table)
 
 

@@ -73,6 +73,13 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
     timeline = run.json["timeline"]
     got = [(x["kind"], x["event_id"], x["summary"]) for x in timeline]
     e, e2 = decided["e"], decided["e2"]
+    # The case the first event opened (the worker's hot path): waiting for the parcel, its
+    # shipping window pending, the second event changing nothing.
+    (case,) = run.json["cases"]
+    assert (case["state"], case["steps"], case["opened_by"]) == ("awaiting_shipment", 1, e)
+    assert case["deadline"]["kind"] == "shipping_window" and case["deadline"]["set_by_step"] == 1
+    assert [a["status"] for a in case["actions"]] == ["pending", "pending"]
+    due = datetime.fromisoformat(case["deadline"]["due_at"]).isoformat(timespec="seconds")
     assert got == [
         ("event", e, "shipping-delay on douyin"),
         ("decision", e, "recovered: shipping.coupon_within_7d"),
@@ -84,8 +91,15 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
         ("action", e2, "update_shipping_status"),
         ("audit", e, "(new) -> recovered"),
         ("step", e, "(new) -> awaiting_shipment: case.open.shipment"),
+        ("deadline_set", e, f"shipping_window due {due} (pending)"),
         ("audit", e2, "recovered -> recovered"),
     ]
+    assert timeline[10]["detail"] == {
+        "kind": "shipping_window",
+        "due_at": case["deadline"]["due_at"],
+        "step": 1,
+        "fate": "pending",
+    }
     assert [datetime.fromisoformat(x["at"]) for x in timeline[:2]] == [T0, T0 + 20 * M]
     assert timeline[1]["detail"]["policy_version"] == "douyin-2026.1"
     assert "coupon" in timeline[1]["detail"]["reason"]
@@ -94,7 +108,10 @@ def test_case_show_is_the_orders_timeline(ctl: Ctl, decided: dict[str, str]) -> 
     text = ctl("case", "show", "ord-e")
     assert text.code == 0 and "order ord-e" in text.out and "douyin-2026.1" in text.out
     missing = ctl("case", "show", "ord-nope")
-    assert (missing.code, missing.err) == (1, "recoveryctl: no decisions for order ord-nope\n")
+    assert (missing.code, missing.err) == (
+        1,
+        "recoveryctl: no decisions or cases for order ord-nope\n",
+    )
 
 
 def test_stats_figures_of_decisions_and_the_cases_they_opened(

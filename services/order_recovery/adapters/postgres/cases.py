@@ -72,11 +72,14 @@ UPDATE_CASE = """UPDATE cases SET state = %(state)s, seq = %(seq)s, state_since 
         review_overdue = %(review_overdue)s, closed_at = %(closed_at)s, updated_at = now()
     WHERE order_id = %(order_id)s AND exception_type = %(exception_type)s
       AND seq = %(seq)s - 1"""
+#: The step's deadline columns are the case's after the step (`deadline_kind`, `deadline_due_at`
+#: of _case_params): every step sets its new state's deadline, or none.
 INSERT_STEP = """INSERT INTO case_steps (order_id, exception_type, seq, rule_id, from_state,
-        to_state, cause_kind, cause_ref, cause_at, actor, reason, actions, action_keys)
+        to_state, cause_kind, cause_ref, cause_at, actor, reason, actions, action_keys,
+        deadline_kind, deadline_due_at)
     VALUES (%(order_id)s, %(exception_type)s, %(seq)s, %(rule_id)s, %(from_state)s,
         %(to_state)s, %(cause_kind)s, %(cause_ref)s, %(cause_at)s, %(actor)s, %(reason)s,
-        %(actions)s, %(action_keys)s)"""
+        %(actions)s, %(action_keys)s, %(deadline_kind)s, %(deadline_due_at)s)"""
 INSERT_AUDIT = """INSERT INTO audit_log (order_id, exception_type, event_id, from_status,
         to_status, detail)
     VALUES (%(order_id)s, %(exception_type)s, %(audit_id)s, %(from_state)s, %(to_state)s,

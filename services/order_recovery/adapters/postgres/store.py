@@ -173,9 +173,10 @@ OPEN_CASES = f"""WITH first AS (
         RETURNING order_id, exception_type),
     steps AS (
         INSERT INTO case_steps (order_id, exception_type, seq, rule_id, to_state, cause_kind,
-            cause_ref, cause_at, reason, actions, action_keys)
+            cause_ref, cause_at, reason, actions, action_keys, deadline_kind, deadline_due_at)
         SELECT f.order_id, f.exception_type, 1, f.rule_id, f.state, 'exception', f.event_id,
-               f.occurred_at, f.reason, {_list("f.actions")}, {_list("f.released")}
+               f.occurred_at, f.reason, {_list("f.actions")}, {_list("f.released")},
+               f.deadline_kind, f.deadline_due_at
         FROM first f JOIN opened USING (order_id, exception_type)
         RETURNING order_id, exception_type, rule_id, to_state, cause_ref, cause_at, reason,
                   actions, action_keys),
