@@ -346,7 +346,16 @@ prom_ready() { port_open "$PROM_PORT" && grep -q "Server is ready to receive web
 
 prometheus_up() {
   local bin; bin=$(prom_bin)
-  if pid_alive "$(read_pid "$PROM_PID")"; then say "stack: prometheus already up"; return 0; fi
+  if pid_alive "$(read_pid "$PROM_PID")"; then
+    # Already up, maybe from an older checkout: its targets and rules are this checkout's again.
+    prom_render_config
+    if "$(dirname "$bin")/promtool" check config "$PROM_DIR/prometheus.yml" >"$LOGS/promtool.log" 2>&1; then
+      kill -HUP "$(read_pid "$PROM_PID")" && say "stack: prometheus already up (config and rules reloaded)"
+    else
+      say "stack: prometheus already up; the new config does not check (see $LOGS/promtool.log), kept the old"
+    fi
+    return 0
+  fi
   rm -f "$PROM_PID"
   if port_open "$PROM_PORT"; then
     die "port $PROM_PORT is taken by another process; stop it or set LOCAL_PROMETHEUS_PORT"
@@ -361,7 +370,7 @@ prometheus_up() {
     --web.enable-lifecycle
   wait_for prometheus "$LOGS/prometheus.log" "$PROM_PID" prom_ready
   STARTED=1
-  say "stack: prometheus up on http://127.0.0.1:$PROM_PORT scraping 127.0.0.1:$WORKER_METRICS_PORT (pid $(read_pid "$PROM_PID"), log $LOGS/prometheus.log)"
+  say "stack: prometheus up on http://127.0.0.1:$PROM_PORT scraping 127.0.0.1:$WORKER_METRICS_PORT and 127.0.0.1:$LIFECYCLE_METRICS_PORT (pid $(read_pid "$PROM_PID"), log $LOGS/prometheus.log)"
 }
 
 prometheus_down() { stop_pid_file prometheus "$PROM_PID"; }

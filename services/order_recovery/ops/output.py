@@ -63,7 +63,11 @@ def percent(ratio: float | None) -> str:
 
 
 def minutes(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+    """Minutes, the unit of the reference's goal; seconds under a minute (the local stack's
+    simulated platform answers within seconds, and "0.0 min" would hide it)."""
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def when(at: datetime | None) -> str:

@@ -213,3 +213,15 @@ def test_simulate_with_the_same_policies_changes_nothing() -> None:
     assert second.changes == []
     assert second.decided.to_json() == second.simulated.to_json()
     assert orjson.dumps(second.to_json())  # serialisable as it is
+
+
+def test_durations_show_in_minutes_and_in_seconds_under_one() -> None:
+    from order_recovery.ops.output import minutes
+
+    assert [minutes(s) for s in (None, 0.7, 42.0, 60.0, 1320.0)] == [
+        "-",
+        "0.7 s",
+        "42.0 s",
+        "1.0 min",
+        "22.0 min",
+    ]
