@@ -150,6 +150,9 @@ def batch_heatmap() -> heatmap.Panel:
             .mode(heatmap_m.HeatmapColorMode.SCHEME)
             .scheme("Oranges")
             .steps(64)
+            # Grafana's own defaults (the SDK's are empty), unused by a scheme but not absurd.
+            .exponent(0.5)
+            .fill("dark-orange")
         )
         .mode(common.TooltipDisplayMode.SINGLE)
         .show_y_histogram()
