@@ -21,7 +21,7 @@ export DATABASE_OPERATOR_URL ?= postgresql://recovery_operator:operator-local-on
 export DATABASE_ADMIN_URL ?= postgresql://postgres:admin-local-only@$(PG_AT)/postgres
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test fuzz lint bench chaos clean dashboard-png
+.PHONY: help venv up down status run test fuzz lint bench chaos clean dashboard dashboard-png
 
 help:
 	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate (owner role), run the worker (worker role; Ctrl-C stops it)"
@@ -31,6 +31,7 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   throughput benchmark"
 	@echo "make chaos   fault campaign: kills, pauses, crashes and rebalances under a feed (minutes)"
+	@echo "make dashboard   write deploy/grafana/dashboards/order-recovery.json from deploy/grafana/dashboard.py"
 	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
 
 $(VENV)/.installed: pyproject.toml
@@ -108,6 +109,11 @@ chaos: venv
 	@$(STACK) up kafka postgres
 	$(BIN)/python -m tests.chaos --seed $(CHAOS_SEED) --runtime $(CHAOS_RUNTIME) \
 	  --events $(CHAOS_EVENTS) --kills $(CHAOS_KILLS) $(CHAOS_ARGS)
+
+# The Grafana dashboard is generated: change deploy/grafana/dashboard.py (panels) or queries.py
+# (PromQL), then write the JSON that compose provisions (a unit test fails while the two differ).
+dashboard: venv
+	$(BIN)/python -m deploy.grafana.dashboard
 
 # The recovery-rate PNG of docs/observability.md: the real worker and a Prometheus of its own, fed a
 # known mix (about two minutes). Starts the services it needs and stops only those it started.
