@@ -34,9 +34,43 @@ _DELAY_BUCKETS = tuple(
 )
 
 
-class WorkerMetrics:
+class ProcessMetrics:
+    """What every process of the service exports alike (the worker's and the lifecycle's)."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
+        self.dead_lettered = Counter(
+            f"{PREFIX}_dead_lettered",
+            "Records sent to a dead-letter topic.",
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letters_unsendable = Counter(
+            f"{PREFIX}_dead_letters_unsendable",
+            "Dead letters the broker refused even truncated, kept in Postgres instead "
+            "(unsendable_dead_letters).",
+            registry=r,
+        )
+        self.retries = Counter(
+            f"{PREFIX}_retries",
+            "Retries of transient infrastructure faults.",
+            ["cause"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            f"{PREFIX}_ready",
+            "1 when the process is consuming and its dependencies answer.",
+            registry=r,
+        )
+
+    def dead_letter_kept(self) -> None:
+        self.dead_letters_unsendable.inc()
+
+
+class WorkerMetrics(ProcessMetrics):
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
         self.consumed = Counter(
             f"{PREFIX}_events_consumed",
             "Records read from the source topics.",
@@ -66,24 +100,6 @@ class WorkerMetrics:
         )
         self.rules_fired = Counter(
             f"{PREFIX}_rules_fired", "Rules that fired in a decision.", ["rule_id"], registry=r
-        )
-        self.dead_lettered = Counter(
-            f"{PREFIX}_dead_lettered",
-            "Records sent to a dead-letter topic.",
-            ["reason"],
-            registry=r,
-        )
-        self.dead_letters_unsendable = Counter(
-            f"{PREFIX}_dead_letters_unsendable",
-            "Dead letters the broker refused even truncated, kept in Postgres instead "
-            "(unsendable_dead_letters).",
-            registry=r,
-        )
-        self.retries = Counter(
-            f"{PREFIX}_retries",
-            "Retries of transient infrastructure faults.",
-            ["cause"],
-            registry=r,
         )
         self.outcomes_published = Counter(
             f"{PREFIX}_outcomes_published", "Outcome events published from the outbox.", registry=r
@@ -124,11 +140,6 @@ class WorkerMetrics:
             f"{PREFIX}_consumer_lag",
             "Records behind the partition's high watermark.",
             ["topic", "partition"],
-            registry=r,
-        )
-        self.ready = Gauge(
-            f"{PREFIX}_ready",
-            "1 when the worker is consuming and its dependencies answer.",
             registry=r,
         )
         self.info = Gauge(
@@ -209,16 +220,14 @@ class WorkerMetrics:
     def outcomes_sent(self, count: int) -> None:
         self.outcomes_published.inc(count)
 
-    def dead_letter_kept(self) -> None:
-        self.dead_letters_unsendable.inc()
 
-
-class LifecycleMetrics:
+class LifecycleMetrics(ProcessMetrics):
     """The lifecycle process's metrics: what it applied, and the case figures counted in Postgres
     (adapters.postgres.case_figures), which every lifecycle process exports alike."""
 
     def __init__(self, figures: Collector, registry: CollectorRegistry | None = None) -> None:
-        self.registry = r = registry or CollectorRegistry()
+        super().__init__(registry)
+        r = self.registry
         r.register(figures)
         self.resolutions = Counter(
             f"{PREFIX}_resolutions_consumed",
@@ -230,29 +239,6 @@ class LifecycleMetrics:
             f"{PREFIX}_case_steps",
             "Case steps this process applied (transitions and ignored causes), by rule id.",
             ["rule_id"],
-            registry=r,
-        )
-        self.dead_lettered = Counter(
-            f"{PREFIX}_dead_lettered",
-            "Records sent to a dead-letter topic.",
-            ["reason"],
-            registry=r,
-        )
-        self.dead_letters_unsendable = Counter(
-            f"{PREFIX}_dead_letters_unsendable",
-            "Dead letters the broker refused even truncated, kept in Postgres instead "
-            "(unsendable_dead_letters).",
-            registry=r,
-        )
-        self.retries = Counter(
-            f"{PREFIX}_retries",
-            "Retries of transient infrastructure faults.",
-            ["cause"],
-            registry=r,
-        )
-        self.ready = Gauge(
-            f"{PREFIX}_ready",
-            "1 when the process is consuming and its dependencies answer.",
             registry=r,
         )
 
@@ -270,6 +256,3 @@ class LifecycleMetrics:
 
     def outcomes_sent(self, count: int) -> None:
         """The lifecycle publishes no outcomes."""
-
-    def dead_letter_kept(self) -> None:
-        self.dead_letters_unsendable.inc()
