@@ -21,7 +21,7 @@ export DATABASE_OPERATOR_URL ?= postgresql://recovery_operator:operator-local-on
 export DATABASE_ADMIN_URL ?= postgresql://postgres:admin-local-only@$(PG_AT)/postgres
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status run test fuzz lint bench chaos clean dashboard dashboard-png
+.PHONY: help venv lock up down status run test fuzz lint bench chaos clean dashboard dashboard-png
 
 help:
 	@echo "make run     start Kafka + Postgres + Prometheus, create topics, migrate (owner role), run the worker (worker role; Ctrl-C stops it)"
@@ -29,18 +29,56 @@ help:
 	@echo "make up | down | status   the local services only"
 	@echo "make fuzz    hypothesis over bad input, many more examples than make test (FUZZ_EXAMPLES)"
 	@echo "make lint    ruff"
+	@echo "make lock    re-resolve requirements/*.txt (hashed pins) from pyproject.toml (LOCK_ARGS=--upgrade: newest)"
 	@echo "make bench   throughput benchmark"
 	@echo "make chaos   fault campaign: kills, pauses, crashes and rebalances under a feed (minutes)"
 	@echo "make dashboard   write deploy/grafana/dashboards/order-recovery.json from deploy/grafana/dashboard.py"
 	@echo "make dashboard-png   render docs/img/recovery-rate.png from a real Prometheus (known mix)"
 
-$(VENV)/.installed: pyproject.toml
+# Locked dependencies (docs/development.md#dependencies): every package, with its hashes, comes from
+# requirements/*.txt, which `make lock` writes from pyproject.toml. pip installs a lock without
+# --no-deps so that it refuses a lock missing a dependency; only the project itself, built here, goes
+# in with --no-deps. Wheels only: nothing is compiled, so no unhashed build dependency sneaks in.
+LOCK_DIR := requirements
+LOCKS := $(LOCK_DIR)/build.txt $(LOCK_DIR)/runtime.txt $(LOCK_DIR)/dev.txt
+PIP_LOCKED := $(BIN)/python -m pip install -q --require-hashes --only-binary :all:
+
+$(VENV)/.installed: pyproject.toml $(LOCKS)
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP_LOCKED) -r $(LOCK_DIR)/build.txt
+	$(PIP_LOCKED) -r $(LOCK_DIR)/dev.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check -q
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# The locks are resolved with uv (docs/development.md says why) for the Python the project runs on,
+# here and in the Dockerfile's image, on Linux x86_64. uv lives in a venv of its own, so that `make
+# lock` works even when the project's venv or a lock is broken (a merge conflict in a lock: run it).
+# Existing pins are kept unless LOCK_ARGS says otherwise: `make lock LOCK_ARGS=--upgrade` moves every
+# package to its newest allowed version, `LOCK_ARGS='--upgrade-package ruff'` one of them.
+LOCK_PYTHON := 3.11
+UV_VERSION := 0.13.9
+LOCK_TOOLS := .local/lock-tools
+UV := $(LOCK_TOOLS)/bin/uv
+LOCK_ARGS ?=
+UV_COMPILE = $(UV) pip compile --quiet --generate-hashes --only-binary :all: \
+	--python-version $(LOCK_PYTHON) --python-platform x86_64-unknown-linux-gnu \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+
+$(LOCK_TOOLS)/.uv-$(UV_VERSION):
+	@[ -x $(LOCK_TOOLS)/bin/python ] || $(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python -m pip install -q uv==$(UV_VERSION)
+	@touch $@
+
+# runtime <- pyproject's dependencies; dev <- the same plus the `dev` extra, held to the runtime pins;
+# build <- pyproject's [build-system] requires (setuptools, wheel) plus pip, held to the dev pins.
+lock: $(LOCK_TOOLS)/.uv-$(UV_VERSION)
+	$(UV_COMPILE) pyproject.toml -o $(LOCK_DIR)/runtime.txt
+	$(UV_COMPILE) pyproject.toml --extra dev -c $(LOCK_DIR)/runtime.txt -o $(LOCK_DIR)/dev.txt
+	$(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], "pip", sep="\n")' \
+	  | $(UV_COMPILE) - -c $(LOCK_DIR)/dev.txt -o $(LOCK_DIR)/build.txt
 
 up:
 	@$(STACK) up
