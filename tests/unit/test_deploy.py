@@ -1,16 +1,24 @@
 """The Docker Compose stack runs Postgres with the settings of the local stack's config file, and
-both stacks make the same database roles with the passwords the configuration logs in with."""
+both stacks make the same database roles with the passwords the configuration logs in with. The
+image (Dockerfile) installs the locked dependencies only, from a pinned base, as a user that is not
+root, and checks its own health where the worker serves it. No Docker engine here: these tests read
+the files."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from order_recovery.config import DATABASE_URLS, Settings
+from tests.support.build_files import Stage, dockerfile_stages, makefile_variables, pip_installs
 from tests.support.databases import LOCAL_ADMIN_URL, PASSWORD_VARIABLES, role_passwords
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,3 +120,121 @@ def test_the_local_stack_accepts_only_scram():
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert rules and {rule[-1] for rule in rules} == {"scram-sha-256"}
+
+
+# ------------------------------------------------------------------ the image
+STAGES = dockerfile_stages((ROOT / "Dockerfile").read_text())
+RUNTIME = STAGES[-1]
+# An exact release (python:3.11.14-slim-bookworm) or a digest; never a moving tag such as 3.11-slim.
+_PINNED = re.compile(
+    r"^[\w./-]+:(\d+\.\d+\.\d+)-[\w.-]+$|^[\w./-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$"
+)
+
+
+def _copied(stage: Stage) -> dict[str, str]:
+    """What a stage copies from the build context: destination -> source (COPY src... dest)."""
+    copied = {}
+    for args in stage.all("COPY"):
+        if args.startswith("--from"):
+            continue
+        *sources, destination = shlex.split(args)
+        for source in sources:
+            copied[destination.rstrip("/") + "/" + Path(source).name] = source
+            copied[destination] = source
+    return copied
+
+
+def _env(stage: Stage) -> dict[str, str]:
+    env = {}
+    for args in stage.all("ENV"):
+        env.update(word.split("=", 1) for word in shlex.split(args))
+    return env
+
+
+def test_the_base_image_is_pinned_and_its_python_is_the_one_the_locks_are_for():
+    locked = makefile_variables((ROOT / "Makefile").read_text())["LOCK_PYTHON"]
+    for stage in STAGES:
+        match = _PINNED.match(stage.image)
+        assert match, f"base image not pinned by exact tag or digest: {stage.image}"
+        assert stage.image.startswith(f"python:{locked}."), (stage.image, locked)
+    assert len({stage.image for stage in STAGES}) == 1, "build and runtime on one base"
+
+
+@pytest.mark.parametrize("stage", range(len(STAGES)), ids=lambda i: STAGES[i].name or "runtime")
+def test_every_pip_install_takes_hashed_locks_or_the_projects_own_wheel(stage: int):
+    runs = STAGES[stage].all("RUN")
+    installs = [args for run in runs for args in pip_installs(run)]
+    assert installs
+    copied = _copied(STAGES[stage])
+    for args in installs:
+        assert "-e" not in args and "--editable" not in args, args
+        if "-r" in args:
+            lock = args[args.index("-r") + 1]
+            assert copied.get(lock, "").startswith("requirements/"), (lock, copied)
+            assert "--require-hashes" in args and "--only-binary" in args, args
+        else:
+            # Only the wheel the build stage made, and nothing it would pull in.
+            assert "--no-deps" in args and args[-1].endswith(".whl"), args
+
+
+def test_the_runtime_installs_the_runtime_lock_and_the_build_stage_the_build_lock():
+    def locks(stage: Stage) -> set[str]:
+        copied = _copied(stage)
+        return {
+            copied[args[args.index("-r") + 1]]
+            for run in stage.all("RUN")
+            for args in pip_installs(run)
+            if "-r" in args
+        }
+
+    assert locks(RUNTIME) == {"requirements/runtime.txt"}
+    assert {lock for stage in STAGES[:-1] for lock in locks(stage)} == {"requirements/build.txt"}
+    assert any("pip check" in run for run in RUNTIME.all("RUN"))
+
+
+def test_the_image_runs_as_a_user_that_is_not_root():
+    users = RUNTIME.all("USER")
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    # Nothing after the switch needs root, and nothing runs as root after it.
+    keywords = [key for key, _ in RUNTIME.instructions]
+    assert "RUN" not in keywords[keywords.index("USER") :]
+
+
+def test_the_healthcheck_asks_the_workers_healthz_on_its_port():
+    (check,) = RUNTIME.all("HEALTHCHECK")
+    command = json.loads(check.split("CMD", 1)[1])
+    assert command[:2] == ["python", "-c"], "the slim image has no curl"
+    port = Settings().metrics_port
+    assert "/healthz" in command[2] and f"'ORDER_RECOVERY_METRICS_PORT', '{port}'" in command[2]
+    assert str(port) in RUNTIME.all("EXPOSE")[0].split()
+    assert _env(RUNTIME)["ORDER_RECOVERY_METRICS_HOST"] == "0.0.0.0"
+    (entrypoint,) = RUNTIME.all("ENTRYPOINT")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert json.loads(entrypoint) == ["recovery-worker"] and "recovery-worker" in scripts
+
+
+def test_the_image_says_where_the_schemas_are():
+    """They sit at the repository's root, outside the installed package, so the installed code
+    cannot find them by its own path."""
+    directory = _env(RUNTIME)["ORDER_RECOVERY_SCHEMAS_DIR"]
+    workdir = RUNTIME.all("WORKDIR")[-1]
+    copied = {str(Path(workdir, d)): s for d, s in _copied(RUNTIME).items()}
+    assert copied.get(directory) == "schemas"
+
+
+def test_compose_services_on_the_image_check_their_own_port_or_none():
+    """The image's HEALTHCHECK is the worker's; a service that runs another command from it either
+    checks its own /healthz or turns the check off."""
+    settings = Settings()
+    for name, service in _compose().items():
+        if "build" not in service:
+            continue
+        entrypoint = service.get("entrypoint")
+        check = service.get("healthcheck")
+        if entrypoint is None or entrypoint == ["recovery-worker"]:
+            assert check is None, name
+        elif entrypoint == ["recovery-lifecycle"]:
+            test = " ".join(check["test"])
+            assert f"127.0.0.1:{settings.lifecycle_metrics_port}/healthz" in test, name
+        else:
+            assert check == {"disable": True}, name
