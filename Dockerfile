@@ -26,11 +26,12 @@ COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
     && pip check \
-    && useradd --system --no-create-home recovery
+    && useradd --system --uid 10001 --user-group --no-create-home recovery
 # The JSON Schemas live at the repository's root, not in the package: say where they are.
 COPY schemas ./schemas
 ENV ORDER_RECOVERY_SCHEMAS_DIR=/app/schemas
-USER recovery
+# By number, so that Kubernetes' runAsNonRoot can tell it is not root (deploy/k8s runs as 10001 too).
+USER 10001:10001
 ENV ORDER_RECOVERY_METRICS_HOST=0.0.0.0
 EXPOSE 9464
 # The worker's /healthz (no curl in the slim image: Python's urllib; any error or non-2xx exits 1).

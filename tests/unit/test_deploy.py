@@ -192,9 +192,21 @@ def test_the_runtime_installs_the_runtime_lock_and_the_build_stage_the_build_loc
     assert any("pip check" in run for run in RUNTIME.all("RUN"))
 
 
-def test_the_image_runs_as_a_user_that_is_not_root():
+def test_the_image_runs_as_a_user_that_is_not_root_and_the_one_kubernetes_runs_as():
     users = RUNTIME.all("USER")
     assert users and users[-1].split(":")[0] not in {"root", "0"}
+    # A number: Kubernetes' runAsNonRoot cannot verify a user name. The same as the pods'.
+    user, group = users[-1].split(":")
+    assert re.search(rf"useradd .*--uid {user} .*recovery", " ".join(RUNTIME.all("RUN")))
+    pods = [
+        document["spec"]["template"]["spec"]["securityContext"]
+        for path in sorted((ROOT / "deploy/k8s/base").glob("*.yaml"))
+        for document in yaml.safe_load_all(path.read_text())
+        if document and "template" in document.get("spec", {})
+    ]
+    assert pods
+    for context in pods:
+        assert (context["runAsUser"], context["runAsGroup"]) == (int(user), int(group)), context
     # Nothing after the switch needs root, and nothing runs as root after it.
     keywords = [key for key, _ in RUNTIME.instructions]
     assert "RUN" not in keywords[keywords.index("USER") :]
