@@ -11,7 +11,7 @@ export LOCAL_KAFKA_PORT ?= 19092
 export LOCAL_PG_PORT ?= 55432
 export LOCAL_PROMETHEUS_PORT ?= 19090
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(LOCAL_KAFKA_PORT)
-# One DSN per database role (README, Configuration); the passwords are the local stack's, local-only.
+# One DSN per database role (docs/configuration.md); the passwords are the local stack's, local-only.
 PG_AT := 127.0.0.1:$(LOCAL_PG_PORT)
 export DATABASE_URL ?= postgresql://recovery_worker:worker-local-only@$(PG_AT)/order_recovery
 export DATABASE_OWNER_URL ?= postgresql://recovery_owner:owner-local-only@$(PG_AT)/order_recovery

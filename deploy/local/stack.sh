@@ -7,7 +7,7 @@
 #   stack.sh down [--from FILE] [SERVICE...]   stop (idempotent); --from stops only what FILE lists
 #   stack.sh status                            one line per service: up/down, pid, address
 #
-# Every listener binds 127.0.0.1. Ports and paths come from the environment (see README).
+# Every listener binds 127.0.0.1. Ports and paths come from the environment (see docs/configuration.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -115,7 +115,7 @@ class Settings:
     batch_timeout_s: float = 0.05
     max_poll_interval_ms: int = 300_000
     policy_dir: Path | None = None
-    runtime: str = "confluent"  # the faster of the two in `make bench`; see README
+    runtime: str = "confluent"  # the faster of the two in `make bench`; see docs/performance.md
     log_level: str = "INFO"
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_event_skew_s: float = DEFAULT_MAX_EVENT_SKEW_S
