@@ -8,15 +8,23 @@ One run, one broker, one topic set, N preloaded events (default 200,000 from the
   latency  produce -> decision committed (Postgres commit timestamp), at half the measured maximum,
            in steady state (after a warm-up set is decided)
   scaling  two worker processes against one, same topic (6 partitions)
+  plain    the plain consumer (bench/plain_consumer.py): issue 19's baseline, one record at a
+           time with a read and a statement per row and a commit per record, on the first
+           BENCH_PLAIN_EVENTS decisions of the same topic
+  DLQ      `dlq replay` with no rate cap on BENCH_DLQ_EVENTS dead letters, then the worker
+           deciding the replayed records
   CPU      during each worker run: the worker's CPU per decision, everything else's (Kafka,
            Postgres, this script), and how busy the machine's cores were; the figures that say
            whether a ratio is bound by the worker's code or by the cores it shares
 Each measurement is repeated (default 3) and the medians are reported, with the ratios that matter
 (worker / floor B, faust worker / floor C) computed within the run. Machines are shared and noisy:
-quote the ratios, not a lone absolute figure.
+quote the ratios, not a lone absolute figure. Issue 19's figures (bench/figures.py) are computed
+per repetition and printed last, as medians with their samples, targets and verdicts; they are in
+latest.json under their own keys ({"median", "samples", "target", "met", ...}).
 
 Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20),
-BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured once each besides half the maximum),
+BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured in every repetition like half the
+maximum), BENCH_PLAIN_EVENTS (5000: about 60/s here), BENCH_DLQ_EVENTS (10000),
 BENCH_WORKER_ERR (a file for the workers' stderr, for diagnosis; discarded by default), plus
 the usual KAFKA_BOOTSTRAP_SERVERS and DATABASE_*_URL (the local stack by default): the worker runs
 as its own role in scratch databases that the superuser of DATABASE_ADMIN_URL makes.
@@ -46,6 +54,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.dlq_replay import preload_dead_letters, timed_replay  # noqa: E402
+from bench.figures import TARGETS, figure_lines, figures  # noqa: E402
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics  # noqa: E402
 from order_recovery.adapters.kafka_messages import produce_all  # noqa: E402
 from order_recovery.config import Settings  # noqa: E402
@@ -386,6 +396,56 @@ def worker_rate(
             r.stop()
 
 
+def plain_consumer(settings: Settings, dsn: str, decisions: int) -> dict[str, float]:
+    """The plain consumer's rate and CPU per decision, as it measures them itself (from its first
+    decision on), in its own process like the worker."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "plain.json"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": dsn,
+            "ORDER_RECOVERY_TOPIC_PREFIX": settings.topic_prefix,
+            "ORDER_RECOVERY_CONSUMER_GROUP": settings.consumer_group,
+        }
+        with open(os.environ.get("BENCH_WORKER_ERR", os.devnull), "ab") as err:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "plain_consumer.py"),
+                    str(decisions),
+                    str(out),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            code = proc.wait(1800)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError("plain consumer did not finish in 30 minutes") from None
+        if code != 0:
+            raise RuntimeError(f"plain consumer exited with {code} (BENCH_WORKER_ERR keeps stderr)")
+        return dict(json.loads(out.read_text()))
+
+
+def dlq_replay(base: Settings, admin: str, count: int) -> tuple[float, float]:
+    """(replay records/s, the confluent worker's decisions/s on the replayed records): a fresh
+    topic set whose DLQ topics hold `count` dead letters, replayed uncapped onto its source
+    topics, then decided by a worker from the start in a scratch database."""
+    settings = fresh_settings(base, f"dlq{uuid.uuid4().hex[:6]}")
+    ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
+    try:
+        preload_dead_letters(settings, count, PARTITIONS)
+        sent, replay_rps = timed_replay(settings)
+        with scratch_database(admin, base, "bench") as database:
+            decided = worker_rate(settings, database.database_url, "confluent", sent)
+        return replay_rps, decided.rate
+    finally:
+        delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
+
+
 def latency(
     base: Settings, admin: str, runtime: str, rate: float, seconds: float
 ) -> tuple[float, float]:
@@ -514,6 +574,11 @@ def main() -> int:
     total = int(os.environ.get("BENCH_EVENTS", "200000"))
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     latency_s = float(os.environ.get("BENCH_LATENCY_S", "20"))
+    plain_events = int(os.environ.get("BENCH_PLAIN_EVENTS", "5000"))
+    dlq_events = int(os.environ.get("BENCH_DLQ_EVENTS", "10000"))
+    fixed_loads = [
+        float(r) for r in os.environ.get("BENCH_LATENCY_EXTRA_RPS", "500,2000").split(",") if r
+    ]
     base = Settings.from_env()
     admin = admin_url()
     tag = uuid.uuid4().hex[:6]
@@ -521,6 +586,7 @@ def main() -> int:
     ensure_topics(settings.kafka_bootstrap_servers, settings.all_topics, PARTITIONS, 1)
     events = sample_events(total, seed=2026)
     decisions = len({e["event_id"] for e in events})
+    plain_decisions = min(plain_events, decisions)
     log(f"preloading {total} events ({decisions} distinct) into {settings.topic_prefix}*")
     preload(settings, events)
 
@@ -533,7 +599,14 @@ def main() -> int:
             "worker_confluent_rps",
             "worker_faust_rps",
             "two_workers_rps",
+            "plain_consumer_rps",
+            "plain_consumer_cpu_us_per_event",
             "worker_peak_rss_mb",
+            "worker_peak_rss_mb_per_repetition",
+            "worker_confluent_peak_rss_mb",
+            "worker_faust_peak_rss_mb",
+            "dlq_replay_rps",
+            "dlq_replayed_worker_rps",
             *(
                 f"worker_{runtime}_{figure}"
                 for runtime in ("confluent", "faust")
@@ -549,50 +622,75 @@ def main() -> int:
                 # The floor's own table: the owner creates it.
                 samples["floor_b_rps"].append(floor_b(settings, total, database.database_owner_url))
             samples["floor_c_rps"].append(floor_c(settings, total))
+            rss: list[float] = []
             for runtime in ("confluent", "faust"):
                 group = replace(
                     settings, consumer_group=f"{settings.consumer_group}-{runtime}{rep}"
                 )
                 with scratch_database(admin, base, "bench") as database:
-                    figures = worker_rate(group, database.database_url, runtime, decisions)
-                samples[f"worker_{runtime}_rps"].append(figures.rate)
-                samples["worker_peak_rss_mb"].append(figures.peak_rss_mb)
-                samples[f"worker_{runtime}_cpu_us_per_event"].append(figures.worker_cpu_us)
-                samples[f"worker_{runtime}_other_cpu_us_per_event"].append(figures.other_cpu_us)
-                samples[f"worker_{runtime}_machine_busy_pct"].append(figures.machine_busy_pct)
+                    measured = worker_rate(group, database.database_url, runtime, decisions)
+                samples[f"worker_{runtime}_rps"].append(measured.rate)
+                rss.append(measured.peak_rss_mb)
+                samples[f"worker_{runtime}_peak_rss_mb"].append(measured.peak_rss_mb)
+                samples[f"worker_{runtime}_cpu_us_per_event"].append(measured.worker_cpu_us)
+                samples[f"worker_{runtime}_other_cpu_us_per_event"].append(measured.other_cpu_us)
+                samples[f"worker_{runtime}_machine_busy_pct"].append(measured.machine_busy_pct)
             group = replace(settings, consumer_group=f"{settings.consumer_group}-two{rep}")
             with scratch_database(admin, base, "bench") as database:
                 two = worker_rate(group, database.database_url, "confluent", decisions, processes=2)
             samples["two_workers_rps"].append(two.rate)
-            samples["worker_peak_rss_mb"].append(two.peak_rss_mb)
+            rss.append(two.peak_rss_mb)
+            samples["worker_peak_rss_mb"] += rss
+            samples["worker_peak_rss_mb_per_repetition"].append(max(rss))
+            group = replace(settings, consumer_group=f"{settings.consumer_group}-plain{rep}")
+            with scratch_database(admin, base, "bench") as database:
+                plain = plain_consumer(group, database.database_url, plain_decisions)
+            samples["plain_consumer_rps"].append(plain["rps"])
+            samples["plain_consumer_cpu_us_per_event"].append(plain["cpu_us_per_decision"])
+            replay_rps, replayed_rps = dlq_replay(base, admin, dlq_events)
+            samples["dlq_replay_rps"].append(replay_rps)
+            samples["dlq_replayed_worker_rps"].append(replayed_rps)
             log("  " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in samples.items() if v))
     finally:
         delete_topics(settings.kafka_bootstrap_servers, settings.all_topics)
 
     med = {k: statistics.median(v) for k, v in samples.items()}
-    med["worker_peak_rss_mb"] = max(samples["worker_peak_rss_mb"])  # a ceiling, not a median
     best = max(med["worker_confluent_rps"], med["worker_faust_rps"])
     best_runtime = (
         "confluent" if med["worker_confluent_rps"] >= med["worker_faust_rps"] else "faust"
     )
-    log(f"latency at {best / 2:.0f} events/s (half of {best_runtime}'s maximum)")
+    # Latency in every repetition: at half the maximum (the median maximum of the run) and at
+    # each fixed load, one run of each per repetition.
+    p50s: list[float] = []
+    p99s: list[float] = []
+    fixed: dict[float, list[tuple[float, float]]] = {rate: [] for rate in fixed_loads}
+    for rep in range(1, repeat + 1):
+        log(f"latency {rep}/{repeat} at {best / 2:.0f} events/s (half of {best_runtime}'s maximum)")
+        p50, p99 = latency(base, admin, best_runtime, best / 2, latency_s)
+        p50s.append(p50)
+        p99s.append(p99)
+        for rate in fixed_loads:
+            log(f"latency {rep}/{repeat} at a fixed {rate:.0f} events/s")
+            fixed[rate].append(latency(base, admin, best_runtime, rate, latency_s))
+    samples["p50_latency_ms"], samples["p99_latency_ms"] = p50s, p99s
     extra = {}
-    for rate in [
-        float(r) for r in os.environ.get("BENCH_LATENCY_EXTRA_RPS", "500,2000").split(",") if r
-    ]:
-        log(f"latency at a fixed {rate:.0f} events/s")
+    for rate, pairs in fixed.items():
+        samples[f"p50_latency_ms_at_{rate:.0f}_rps"] = [p50 for p50, _ in pairs]
+        samples[f"p99_latency_ms_at_{rate:.0f}_rps"] = [p99 for _, p99 in pairs]
         extra[f"latency_at_{rate:.0f}_rps_ms"] = [
-            round(v, 1) for v in latency(base, admin, best_runtime, rate, latency_s)
+            round(statistics.median(p50 for p50, _ in pairs), 1),
+            round(statistics.median(p99 for _, p99 in pairs), 1),
         ]
-    p50s, p99s = zip(
-        *(latency(base, admin, best_runtime, best / 2, latency_s) for _ in range(repeat)),
-        strict=True,
-    )
+    figure_keys = {t.key for t in TARGETS}
     result = {
         "events": total,
         "distinct_events": decisions,
         "repetitions": repeat,
-        **{k: round(v, 1) for k, v in med.items()},
+        "plain_consumer_decisions": plain_decisions,
+        "dlq_events": dlq_events,
+        **{k: round(v, 1) for k, v in med.items() if k not in figure_keys},
+        # A ceiling over every worker run of the bench, not a median.
+        "worker_peak_rss_mb_max": round(max(samples["worker_peak_rss_mb"]), 1),
         "worker_confluent_over_floor_b": round(med["worker_confluent_rps"] / med["floor_b_rps"], 3),
         "worker_faust_over_floor_c": round(med["worker_faust_rps"] / med["floor_c_rps"], 3),
         "two_workers_ratio": round(med["two_workers_rps"] / med["worker_confluent_rps"], 3),
@@ -601,11 +699,9 @@ def main() -> int:
         "p50_latency_ms": round(statistics.median(p50s), 1),
         "p99_latency_ms": round(statistics.median(p99s), 1),
         **extra,
-        "samples": {
-            **{k: [round(x, 1) for x in v] for k, v in samples.items()},
-            "p50_latency_ms": [round(x, 1) for x in p50s],
-            "p99_latency_ms": [round(x, 1) for x in p99s],
-        },
+        # Issue 19's figures, each {"median", "samples", "target", "met", ...}.
+        **figures(samples, repeat),
+        "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -629,7 +725,9 @@ def print_table(r: dict[str, Any]) -> None:
             f"{r['p50_latency_ms']:>10.1f} ms",
         ),
         ("p99 latency", f"{r['p99_latency_ms']:>10.1f} ms"),
-        ("worker peak RSS", f"{r['worker_peak_rss_mb']:>10.1f} MB"),
+        ("plain consumer (issue 19's baseline)", f"{r['plain_consumer_rps']:>10,.0f} /s"),
+        ("DLQ replay, then the worker on it", f"{r['dlq_replayed_worker_rps']:>10,.0f} /s"),
+        ("worker peak RSS, every run", f"{r['worker_peak_rss_mb_max']:>10.1f} MB"),
     ]
     for runtime in ("confluent", "faust"):
         rows.append(
@@ -647,6 +745,9 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"order-recovery benchmark: {r['events']:,} events, medians of {r['repetitions']}")
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
+    print(f"issue 19's figures: medians of {r['repetitions']}, each repetition's samples")
+    for line in figure_lines(r):
+        print(f"  {line}")
 
 
 if __name__ == "__main__":
