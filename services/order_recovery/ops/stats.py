@@ -15,6 +15,7 @@ every rule it fired.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -215,7 +216,7 @@ def _decisions(
     key: sql.Composable,
     by: str | None,
     params: dict[str, Any],
-    row: Any,
+    row: Callable[[str | None], Figures],
 ) -> None:
     """The outcome mix and the compensation of the decisions in the window."""
     query = sql.SQL(

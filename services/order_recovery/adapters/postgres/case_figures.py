@@ -193,7 +193,7 @@ class CaseFigures(Collector):
                 n, total_s, cumulative = counts.recovered.get(
                     (etype, platform), (0, 0.0, (0,) * len(TTR_BUCKETS))
                 )
-                buckets = [(_le(b), c) for b, c in zip(TTR_BUCKETS, cumulative, strict=True)]
+                buckets = [(str(float(b)), c) for b, c in zip(TTR_BUCKETS, cumulative, strict=True)]
                 ttr.add_metric([etype, platform], [*buckets, ("+Inf", n)], total_s)
         yield closed
         yield ttr
@@ -271,7 +271,3 @@ def _schedule_families(counts: CaseCounts) -> Iterator[Metric]:
     yield ran
     yield status
     yield problems
-
-
-def _le(bound: float) -> str:
-    return f"{float(bound)}"
