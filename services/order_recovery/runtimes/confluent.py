@@ -36,6 +36,7 @@ from order_recovery.core.records import SourceRecord
 log = logging.getLogger(__name__)
 
 LAG_REFRESH_S = 5.0
+RECOMMIT_AFTER_S = 1.0
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
@@ -78,6 +79,7 @@ class ConfluentRuntime:
         )
         self._assigned: set[tuple[str, int]] = set()
         self._committed: dict[tuple[str, int], int] = {}
+        self._recommit_at: float | None = None  # a commit was refused: when to try again
         self._lag_refreshed = 0.0
         self._paused = False
         self._fatal: KafkaError | None = None
@@ -95,6 +97,11 @@ class ConfluentRuntime:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= tps
+        # What we finished on them is the past once another member owns them: committed again
+        # after they come back (a retry, the final commit on stop) it would move the group's
+        # offset backwards past the other owner's progress.
+        for tp in tps:
+            self._committed.pop(tp, None)
         self.worker.pipeline.revoked(tps)
         self.worker.set_consuming(bool(self._assigned))
         log.info("revoked %s", [(tp.topic, tp.partition) for tp in partitions])
@@ -135,6 +142,7 @@ class ConfluentRuntime:
                 if self._fatal is not None:
                     return self._give_up(self._fatal)
                 self._refresh_lag()
+                self._retry_refused_commit()
                 exit_code = self._advance(records)
                 if exit_code is not None:
                     return exit_code
@@ -226,10 +234,19 @@ class ConfluentRuntime:
                 log.warning("commit of %d partition(s) failed: %s", len(offsets), exc)
         return offsets
 
-    @staticmethod
-    def _on_commit(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
-            log.warning("offset commit failed (the events will be redelivered): %s", err)
+            log.warning("offset commit failed (retried once the group settles): %s", err)
+            self._recommit_at = time.monotonic() + RECOMMIT_AFTER_S
+
+    def _retry_refused_commit(self) -> None:
+        """A commit refused during a rebalance (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS) is not
+        retried by librdkafka, and on a partition that then goes quiet no later commit covers it:
+        its lag would stay, and its events come back at the next restart. So the finished
+        offsets of the partitions still ours are committed again a moment later."""
+        if self._recommit_at is not None and time.monotonic() >= self._recommit_at:
+            self._recommit_at = None
+            self._commit_assigned(self._committed, asynchronous=True)
 
     def _refresh_lag(self, force: bool = False) -> None:
         """Lag per assigned partition (high watermark - our committed offset), at most every
