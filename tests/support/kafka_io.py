@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -20,6 +20,7 @@ from confluent_kafka.admin import (
 )
 
 from order_recovery.adapters.kafka_admin import delete_topics, ensure_topics
+from order_recovery.adapters.kafka_settling import when_settled
 from order_recovery.config import Settings
 
 
@@ -132,27 +133,9 @@ def set_topic_config(bootstrap: str, topic: str, name: str, value: str) -> None:
     )
 
 
-#: What a broker answers while a partition's leadership is still settling (a single KRaft node
-#: busy creating and deleting the tests' topics): worth asking again.
-_SETTLING = frozenset(
-    {
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-    }
-)
-
-
-def _watermarks(consumer: Consumer, tp: TopicPartition, timeout_s: float = 20.0) -> tuple[int, int]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            return low, high
-        except KafkaException as exc:
-            if exc.args[0].code() not in _SETTLING or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+def _watermarks(consumer: Consumer, tp: TopicPartition) -> tuple[int, int]:
+    low, high = when_settled(lambda: consumer.get_watermark_offsets(tp, timeout=10), str(tp))
+    return low, high
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Message]:

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from order_recovery.adapters.kafka_admin import KafkaUnavailable
 from order_recovery.adapters.kafka_messages import source_record
+from order_recovery.adapters.kafka_settling import when_settled
 from order_recovery.config import DLQ_SUFFIX, EXCEPTION_TYPES, Settings
 from order_recovery.core.headers import (
     DLQ_ERROR_CLASS,
@@ -221,12 +222,15 @@ def reader(settings: Settings, group: str = "recoveryctl-reader") -> Consumer:
 def watermarks(consumer: Consumer, topics: Sequence[str]) -> dict[TP, tuple[int, int]]:
     """(low, high) offsets of every partition of `topics`, taken now."""
     out: dict[TP, tuple[int, int]] = {}
-    metadata = consumer.list_topics(timeout=10).topics
+    metadata = when_settled(lambda: consumer.list_topics(timeout=10).topics, "topic metadata")
     for topic in topics:
         if topic not in metadata or metadata[topic].error is not None:
             raise KafkaUnavailable(f"topic {topic} does not exist (`recoveryctl topics create`)")
         for p in sorted(metadata[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            tp = TopicPartition(topic, p)
+            low, high = when_settled(
+                lambda tp=tp: consumer.get_watermark_offsets(tp, timeout=10), f"offsets of {tp}"
+            )
             out[(topic, p)] = (low, high)
     return out
 

@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer, TopicPartition
 
+from order_recovery.adapters.kafka_settling import when_settled
 from order_recovery.config import Settings
 from order_recovery.core.headers import (
     DLQ_ATTEMPT,
@@ -152,7 +153,10 @@ def _metadata(end: int, filters: dict[str, Any]) -> str:
 
 def _load_state(consumer: Any, topics: list[str], filt: LetterFilter) -> _State:
     marks = watermarks(consumer, topics)
-    committed = consumer.committed([TopicPartition(t, p) for t, p in marks], timeout=10)
+    committed = when_settled(
+        lambda: consumer.committed([TopicPartition(t, p) for t, p in marks], timeout=10),
+        "the replay group's offsets",
+    )
     ranges: dict[TP, tuple[int, int]] = {}
     filters: dict[str, Any] | None = None
     for tp in committed:
