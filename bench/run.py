@@ -24,7 +24,7 @@ latest.json under their own keys ({"median", "samples", "target", "met", ...}).
 
 Environment: BENCH_EVENTS (200000), BENCH_REPEAT (3), BENCH_LATENCY_S (20),
 BENCH_LATENCY_EXTRA_RPS (500,2000: fixed loads, measured in every repetition like half the
-maximum), BENCH_PLAIN_EVENTS (5000: about 60/s here), BENCH_DLQ_EVENTS (10000),
+maximum), BENCH_PLAIN_EVENTS (5000: about 60/s here), BENCH_DLQ_EVENTS (50000),
 BENCH_WORKER_ERR (a file for the workers' stderr, for diagnosis; discarded by default), plus
 the usual KAFKA_BOOTSTRAP_SERVERS and DATABASE_*_URL (the local stack by default): the worker runs
 as its own role in scratch databases that the superuser of DATABASE_ADMIN_URL makes.
@@ -575,7 +575,7 @@ def main() -> int:
     repeat = int(os.environ.get("BENCH_REPEAT", "3"))
     latency_s = float(os.environ.get("BENCH_LATENCY_S", "20"))
     plain_events = int(os.environ.get("BENCH_PLAIN_EVENTS", "5000"))
-    dlq_events = int(os.environ.get("BENCH_DLQ_EVENTS", "10000"))
+    dlq_events = int(os.environ.get("BENCH_DLQ_EVENTS", "50000"))
     fixed_loads = [
         float(r) for r in os.environ.get("BENCH_LATENCY_EXTRA_RPS", "500,2000").split(",") if r
     ]

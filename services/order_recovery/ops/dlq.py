@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,12 @@ class Letter:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+    #: The last value of each header (a replayed record may carry an older one first), looked up
+    #: several times per record by a replay, which reads backlogs of many thousands.
+    _last: dict[str, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_last", dict(self.headers))
 
     @classmethod
     def of(cls, r: SourceRecord) -> Letter:
@@ -57,9 +63,9 @@ class Letter:
         return cls(r.topic, r.partition, r.offset, r.timestamp_ms, r.key, r.value, r.headers)
 
     def header(self, name: str) -> str | None:
-        """The last value of a header (a replayed record may carry an older one first)."""
-        found = [v for k, v in self.headers if k == name]
-        return found[-1].decode("utf-8", "backslashreplace") if found else None
+        """The last value of a header."""
+        found = self._last.get(name)
+        return None if found is None else found.decode("utf-8", "backslashreplace")
 
     @property
     def error_class(self) -> str:
@@ -292,18 +298,35 @@ def read_letters(
         consumer.close()
 
 
-def distinct(letters: Iterable[Letter]) -> list[Letter]:
-    """One copy of each dead letter, in the order given: of the copies, the first in (topic,
-    partition, offset) order, so the choice does not depend on the order partitions were read
-    in (a replay resumed later chooses the same copy)."""
-    letters = list(letters)
-    first: dict[tuple[str, ...], tuple[str, int, int]] = {}
-    for x in letters:
-        at = (x.topic, x.partition, x.offset)
-        known = first.get(x.identity)
+Place = tuple[str, int, int]
+
+
+class FirstCopies:
+    """Where the one copy of each dead letter is: of its copies, the first in (topic, partition,
+    offset) order, so the choice does not depend on the order partitions were read in (a replay
+    resumed later chooses the same copy). Holds a place per dead letter, not the letters."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[str, ...], Place] = {}
+
+    def see(self, letter: Letter) -> None:
+        at = (letter.topic, letter.partition, letter.offset)
+        known = self._first.get(letter.identity)
         if known is None or at < known:
-            first[x.identity] = at
-    return [x for x in letters if first[x.identity] == (x.topic, x.partition, x.offset)]
+            self._first[letter.identity] = at
+
+    def places(self) -> set[Place]:
+        return set(self._first.values())
+
+
+def distinct(letters: Iterable[Letter]) -> list[Letter]:
+    """One copy of each dead letter (see `FirstCopies`), in the order given."""
+    letters = list(letters)
+    first = FirstCopies()
+    for x in letters:
+        first.see(x)
+    chosen = first.places()
+    return [x for x in letters if (x.topic, x.partition, x.offset) in chosen]
 
 
 def total(ranges: Mapping[TP, tuple[int, int]]) -> int:

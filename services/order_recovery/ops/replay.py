@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,9 +47,10 @@ from order_recovery.core.headers import (
 from order_recovery.ops.dlq import (
     QUIET,
     TP,
+    FirstCopies,
     Letter,
     LetterFilter,
-    distinct,
+    Place,
     dlq_topics,
     reader,
     scan,
@@ -63,6 +65,12 @@ _REPLAY_ID = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 #: record bound is large: with 50 records a chunk the replay ran at about 500/s, with 5,000 about
 #: 5,000/s on the same broker (docs/performance.md; a replay's start-up then dominates).
 CHUNK_RECORDS, CHUNK_SECONDS = 5000, 1.0
+#: The letters the first pass reads (to choose one copy of each) are kept for the second, which
+#: then need not read them again, up to this much memory; a larger backlog is read twice. Reading
+#: a letter from Kafka costs about 13 us of the replay's 45 or so (docs/performance.md).
+KEEP_BYTES = 256 * 1024 * 1024
+#: What a kept letter costs besides its key and value (the object, its headers and their dict).
+LETTER_OVERHEAD_BYTES = 1500
 
 
 def new_replay_id() -> str:
@@ -238,19 +246,43 @@ class _Transactions:
 
 
 def _chosen_copies(
-    settings: Settings, state: _State, filt: LetterFilter
-) -> set[tuple[str, int, int]]:
+    consumer: Any, state: _State, filt: LetterFilter
+) -> tuple[set[Place], list[Letter] | None]:
     """Where the one copy of each selected dead letter is, among all the replay covers: from the
     start of each partition (a copy before where a resumed replay stands was sent, or chosen not
-    to be, by an earlier run) to the end offsets of the replay's first start."""
-    consumer = reader(settings)
-    try:
-        marks = watermarks(consumer, sorted({t for t, _ in state.ranges}))
-        ranges = {tp: (marks[tp][0], end) for tp, (_start, end) in state.ranges.items()}
-        letters = distinct(x for x in scan(consumer, ranges) if filt.matches(x))
-    finally:
-        consumer.close()
-    return {(x.topic, x.partition, x.offset) for x in letters}
+    to be, by an earlier run) to the end offsets of the replay's first start. With it, the letters
+    read, unless they come to more than KEEP_BYTES: then the replay reads them again."""
+    first = FirstCopies()
+    kept: list[Letter] | None = []
+    size = 0
+    marks = watermarks(consumer, sorted({t for t, _ in state.ranges}))
+    ranges = {tp: (marks[tp][0], end) for tp, (_start, end) in state.ranges.items()}
+    for letter in scan(consumer, ranges):
+        if filt.matches(letter):
+            first.see(letter)
+        if kept is not None:
+            size += LETTER_OVERHEAD_BYTES + len(letter.value or b"") + len(letter.key or b"")
+            if size <= KEEP_BYTES:
+                kept.append(letter)
+            else:
+                kept = None
+    return first.places(), kept
+
+
+def _kept_in(
+    letters: list[Letter], ranges: dict[TP, tuple[int, int]], advance: Advance | None
+) -> Iterator[Letter]:
+    """The letters of `ranges` among those read already, as `scan` would give them again."""
+    seen = 0
+    for x in letters:
+        start, end = ranges.get((x.topic, x.partition), (0, 0))
+        if start <= x.offset < end:
+            seen += 1
+            yield x
+            if advance is not None and seen % 1000 == 0:
+                advance(seen)
+    if advance is not None:
+        advance(seen)
 
 
 def replay(
@@ -272,28 +304,44 @@ def replay(
     consumer = reader(settings, group)
     try:
         state = _load_state(consumer, topics, filt)
-        chosen = _chosen_copies(settings, state, filt)
+        # The transactional producer's set-up (finding the coordinator, fencing an earlier
+        # run: 0.05 to 0.5 s) waits on the broker, not the interpreter: it runs beside the first
+        # pass instead of after it.
+        with ThreadPoolExecutor(1) as pool:
+            setting_up = (
+                None if dry_run else pool.submit(_Transactions, settings, group, consumer, state)
+            )
+            chosen, kept = _chosen_copies(consumer, state, filt)
+            tx = None if setting_up is None else setting_up.result()
         result = ReplayResult(replay_id, dry_run, state.resumed)
-        tx = None if dry_run else _Transactions(settings, group, consumer, state)
         if tx is not None and not state.resumed:
             tx.commit({})  # record the end offsets and filters before sending anything
         positions: dict[TP, int] = {}
         with progress(total(state.ranges)) if progress else nullcontext(None) as advance:
             started = time.monotonic()
-            for letter in scan(consumer, state.ranges, advance):
+            letters = (
+                scan(consumer, state.ranges, advance)
+                if kept is None
+                else _kept_in(kept, state.ranges, advance)
+            )
+            for letter in letters:
                 if stop():
                     result.interrupted = True
                     break
                 where = (letter.topic, letter.partition, letter.offset)
-                if filt.matches(letter) and where not in chosen:
+                if not filt.matches(letter):
+                    pass
+                elif where not in chosen:
                     result.duplicates += 1
-                elif filt.matches(letter) and letter.truncated:
+                elif letter.truncated:
                     result.truncated += 1
-                elif filt.matches(letter):
+                else:
                     if limit is not None and len(result.selected) >= limit:
                         result.limit_reached = True
                         break
                     result.selected.append(describe(letter))
+                    if tx is not None and tx.due():
+                        tx.commit(positions)
                     if tx is not None:
                         if rate is not None:
                             wait = started + result.sent / rate - time.monotonic()
@@ -304,8 +352,6 @@ def replay(
                         result.sent += 1
                 positions[(letter.topic, letter.partition)] = letter.offset + 1
                 result.examined += 1
-                if tx is not None and tx.due():
-                    tx.commit(positions)
         if tx is not None:
             tx.commit(positions, again=False)
         result.done = not (result.interrupted or result.limit_reached)

@@ -16,6 +16,7 @@ import pytest
 from order_recovery.config import Settings
 from order_recovery.core.records import SourceRecord
 from order_recovery.domain.sample import sample_events
+from order_recovery.ops import replay as replay_module
 from tests.integration.recoveryctl.conftest import Run
 from tests.integration.recoveryctl.feed import read_all
 from tests.support.kafka_io import set_topic_config
@@ -39,6 +40,15 @@ def _bad_records(settings: Settings) -> list[SourceRecord]:
         SourceRecord(topic, 0, 100 + i, key, value, PRODUCED_MS)
         for i, (key, value) in enumerate(values)
     ]
+
+
+@pytest.fixture(params=["kept", "read twice"])
+def backlog_memory(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The replay keeps what its first pass read, unless the backlog is larger than it may hold
+    (`ops.replay.KEEP_BYTES`): then it reads the letters again. Both ways choose the same copies."""
+    if request.param == "read twice":
+        monkeypatch.setattr(replay_module, "KEEP_BYTES", 0)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -84,7 +94,7 @@ def test_list_and_show_count_a_dead_letter_written_twice_once(
 
 
 def test_replay_sends_a_dead_letter_written_twice_once(
-    ctl: Ctl, settings: Settings, twice: list[SourceRecord]
+    ctl: Ctl, settings: Settings, twice: list[SourceRecord], backlog_memory: str
 ) -> None:
     run = ctl("dlq", "replay", "--json", "--replay-id", "once")
     assert run.code == 0, run.err
@@ -96,7 +106,7 @@ def test_replay_sends_a_dead_letter_written_twice_once(
 
 
 def test_a_replay_stopped_and_resumed_still_sends_each_once(
-    ctl: Ctl, settings: Settings, twice: list[SourceRecord]
+    ctl: Ctl, settings: Settings, twice: list[SourceRecord], backlog_memory: str
 ) -> None:
     runs = []
     while not runs or not runs[-1]["done"]:
