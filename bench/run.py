@@ -603,6 +603,7 @@ def main() -> int:
             "plain_consumer_cpu_us_per_event",
             "worker_peak_rss_mb",
             "worker_peak_rss_mb_per_repetition",
+            "confluent_peak_rss_mb_per_repetition",
             "worker_confluent_peak_rss_mb",
             "worker_faust_peak_rss_mb",
             "dlq_replay_rps",
@@ -642,6 +643,10 @@ def main() -> int:
             rss.append(two.peak_rss_mb)
             samples["worker_peak_rss_mb"] += rss
             samples["worker_peak_rss_mb_per_repetition"].append(max(rss))
+            # The default runtime's: one process per worker, alone or beside a second.
+            samples["confluent_peak_rss_mb_per_repetition"].append(
+                max(samples["worker_confluent_peak_rss_mb"][-1], two.peak_rss_mb)
+            )
             group = replace(settings, consumer_group=f"{settings.consumer_group}-plain{rep}")
             with scratch_database(admin, base, "bench") as database:
                 plain = plain_consumer(group, database.database_url, plain_decisions)

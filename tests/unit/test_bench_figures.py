@@ -20,7 +20,8 @@ SAMPLES: dict[str, list[float]] = {
     "floor_c_rps": [10_000.0, 9_000.0, 10_000.0],
     "p99_latency_ms": [80.0, 95.0, 120.0],
     "p99_latency_ms_at_2000_rps": [40.0, 60.0, 45.0],
-    "worker_peak_rss_mb_per_repetition": [140.0, 160.0, 149.0],
+    "confluent_peak_rss_mb_per_repetition": [140.0, 160.0, 149.0],
+    "worker_faust_peak_rss_mb": [240.0, 230.0, 250.0],
     "dlq_replay_rps": [25_000.0, 18_000.0, 21_000.0],
     "dlq_replayed_worker_rps": [9_000.0, 9_000.0, 9_000.0],
 }
@@ -49,6 +50,8 @@ def test_medians_and_verdicts() -> None:
     assert figs["p99_ms_at_2000"]["met"] is True  # < 50
     assert figs["worker_peak_rss_mb"]["median"] == 149.0
     assert figs["worker_peak_rss_mb"]["met"] is True  # < 150
+    assert figs["faust_peak_rss_mb"]["median"] == 240.0
+    assert figs["faust_peak_rss_mb"]["met"] is False
     assert figs["dlq_replay_rps"]["median"] == 21_000.0
     assert figs["dlq_replay_rps"]["met"] is True
     assert figs["dlq_replayed_vs_normal_rate"]["median"] == 0.9

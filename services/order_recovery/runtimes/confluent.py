@@ -55,9 +55,9 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "heartbeat.interval.ms": 2_000,
         "max.poll.interval.ms": settings.max_poll_interval_ms,
         "fetch.wait.max.ms": 50,
-        # Prefetch per consumer: 16 MB is seconds of input at full speed, and the 64 MB it was
-        # made a fifth of the worker's resident memory without adding throughput.
-        "queued.max.messages.kbytes": 16_384,
+        # Prefetch per consumer (`Settings.prefetch_kbytes`): a few batches, so the next one is
+        # fetched while this one is decided; more only holds memory.
+        "queued.max.messages.kbytes": settings.prefetch_kbytes,
     }
     if settings.group_instance_id:
         # Static membership: a restarted worker takes its partitions back without a rebalance
