@@ -114,10 +114,11 @@ class Settings:
     batch_size: int = 2000
     batch_timeout_s: float = 0.05
     # librdkafka's prefetch (`queued.max.messages.kbytes`) of the confluent runtime. What it
-    # holds costs about four times its size in resident memory (the fetch buffers its messages
-    # point into): 16 MB made the worker's peak 208 MB on the bench's backlog, 4 MB 146 MB, at
-    # the same rate (docs/performance.md). 4 MB is about three batches of the bench's events.
-    prefetch_kbytes: int = 4096
+    # holds costs several times its size in resident memory (the fetch buffers its messages
+    # point into): 16 MB made the worker's peak 208 MB on the bench's backlog; 3 MB, with the
+    # runtime's smaller fetches, about 124 MB at the same rate (docs/performance.md). 3 MB is
+    # about two and a half batches of the bench's events; 2 MB cost 7% of the rate.
+    prefetch_kbytes: int = 3072
     max_poll_interval_ms: int = 300_000
     policy_dir: Path | None = None
     runtime: str = "confluent"  # the faster of the two in `make bench`; see docs/performance.md
@@ -153,7 +154,7 @@ class Settings:
             lifecycle_metrics_port=_int(env, "ORDER_RECOVERY_LIFECYCLE_METRICS_PORT", 9465),
             batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 2000, minimum=1),
             batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.05),
-            prefetch_kbytes=_int(env, "ORDER_RECOVERY_PREFETCH_KBYTES", 4096, minimum=64),
+            prefetch_kbytes=_int(env, "ORDER_RECOVERY_PREFETCH_KBYTES", 3072, minimum=64),
             max_poll_interval_ms=_int(
                 env, "ORDER_RECOVERY_MAX_POLL_INTERVAL_MS", 300_000, minimum=1000
             ),

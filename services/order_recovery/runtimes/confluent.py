@@ -55,9 +55,15 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "heartbeat.interval.ms": 2_000,
         "max.poll.interval.ms": settings.max_poll_interval_ms,
         "fetch.wait.max.ms": 50,
-        # Prefetch per consumer (`Settings.prefetch_kbytes`): a few batches, so the next one is
-        # fetched while this one is decided; more only holds memory.
+        # Prefetch per consumer (`Settings.prefetch_kbytes`): a batch or two, so the next one is
+        # fetched while this one is decided; more only holds memory. A fetch response is kept
+        # whole while any of its records waits, and librdkafka's defaults (50 MB a fetch, 1 MB
+        # a partition: 18 MB for the 18 partitions of a worker's topics) overshoot the prefetch
+        # bound by a fetch: 2 MB and 256 KB took a worker's peak from 147 to 124 MB at the same
+        # rate (docs/performance.md). A record larger than either is still fetched (KIP-74).
         "queued.max.messages.kbytes": settings.prefetch_kbytes,
+        "fetch.max.bytes": 2 * 1024 * 1024,
+        "max.partition.fetch.bytes": 256 * 1024,
     }
     if settings.group_instance_id:
         # Static membership: a restarted worker takes its partitions back without a rebalance
