@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -257,15 +257,16 @@ def _chosen_copies(
     size = 0
     marks = watermarks(consumer, sorted({t for t, _ in state.ranges}))
     ranges = {tp: (marks[tp][0], end) for tp, (_start, end) in state.ranges.items()}
-    for letter in scan(consumer, ranges):
-        if filt.matches(letter):
-            first.see(letter)
-        if kept is not None:
-            size += LETTER_OVERHEAD_BYTES + len(letter.value or b"") + len(letter.key or b"")
-            if size <= KEEP_BYTES:
-                kept.append(letter)
-            else:
-                kept = None
+    with closing(scan(consumer, ranges)) as letters:
+        for letter in letters:
+            if filt.matches(letter):
+                first.see(letter)
+            if kept is not None:
+                size += LETTER_OVERHEAD_BYTES + len(letter.value or b"") + len(letter.key or b"")
+                if size <= KEEP_BYTES:
+                    kept.append(letter)
+                else:
+                    kept = None
     return first.places(), kept
 
 
@@ -317,13 +318,17 @@ def replay(
         if tx is not None and not state.resumed:
             tx.commit({})  # record the end offsets and filters before sending anything
         positions: dict[TP, int] = {}
-        with progress(total(state.ranges)) if progress else nullcontext(None) as advance:
-            started = time.monotonic()
-            letters = (
+        with (
+            progress(total(state.ranges)) if progress else nullcontext(None) as advance,
+            # Closed here, before the consumer it reads (a scan left to the collector would
+            # unassign a closed consumer).
+            closing(
                 scan(consumer, state.ranges, advance)
                 if kept is None
                 else _kept_in(kept, state.ranges, advance)
-            )
+            ) as letters,
+        ):
+            started = time.monotonic()
             for letter in letters:
                 if stop():
                     result.interrupted = True
