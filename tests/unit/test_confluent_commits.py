@@ -79,16 +79,26 @@ def finished(rt: ConfluentRuntime, **offsets: int) -> None:
     )
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The runtime's monotonic clock, moved by the test (`clock[0] += seconds`)."""
+    now = [1000.0]
+    monkeypatch.setattr(confluent.time, "monotonic", lambda: now[0])
+    return now
+
+
+def assign(rt: ConfluentRuntime, *partitions: int) -> None:
+    rt._on_assign(rt.consumer, tps(*partitions))  # type: ignore[arg-type]
+
+
 def commits(rt: ConfluentRuntime) -> list[dict[tuple[str, int], int]]:
     return [c for c, _ in rt.consumer.commits]  # type: ignore[attr-defined]
 
 
 def test_a_refused_commit_is_made_again_a_moment_later(
-    runtime: ConfluentRuntime, monkeypatch: pytest.MonkeyPatch
+    runtime: ConfluentRuntime, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(confluent.time, "monotonic", lambda: clock[0])
-    runtime._on_assign(runtime.consumer, tps(0, 1))  # type: ignore[arg-type]
+    assign(runtime, 0, 1)
     finished(runtime, p0=10, p1=20)
     runtime._on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), tps(0, 1))
 
@@ -105,11 +115,9 @@ def test_a_refused_commit_is_made_again_a_moment_later(
 
 
 def test_a_commit_that_succeeds_is_not_made_again(
-    runtime: ConfluentRuntime, monkeypatch: pytest.MonkeyPatch
+    runtime: ConfluentRuntime, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(confluent.time, "monotonic", lambda: clock[0])
-    runtime._on_assign(runtime.consumer, tps(0))  # type: ignore[arg-type]
+    assign(runtime, 0)
     finished(runtime, p0=10)
     runtime._on_commit(None, tps(0))
     clock[0] += 60
@@ -118,20 +126,20 @@ def test_a_commit_that_succeeds_is_not_made_again(
 
 
 def test_a_revoked_partitions_offsets_are_never_committed_again(
-    runtime: ConfluentRuntime, monkeypatch: pytest.MonkeyPatch
+    runtime: ConfluentRuntime, clock: list[float]
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(confluent.time, "monotonic", lambda: clock[0])
-    runtime._on_assign(runtime.consumer, tps(0, 1))  # type: ignore[arg-type]
+    assign(runtime, 0, 1)
     finished(runtime, p0=10, p1=20)
     runtime._on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), tps(0, 1))
     runtime._on_revoke(runtime.consumer, tps(1))  # type: ignore[arg-type]
     # Partition 1 went to another member, which moved on to offset 50, and came back to us.
-    runtime._on_assign(runtime.consumer, tps(1))  # type: ignore[arg-type]
+    assign(runtime, 1)
 
     clock[0] += confluent.RECOMMIT_AFTER_S
     runtime._retry_refused_commit()
-    assert commits(runtime)[-1] == {(TOPIC, 0): 10}, "20 would undo the other owner's 30"
+    assert commits(runtime)[-1] == {(TOPIC, 0): 10}, (
+        "20 would undo the other owner's progress to 50"
+    )
 
     runtime._commit_finished()  # the final, synchronous commit on stop
     assert commits(runtime)[-1] == {(TOPIC, 0): 10}
@@ -139,7 +147,7 @@ def test_a_revoked_partitions_offsets_are_never_committed_again(
 
 
 def test_only_partitions_still_assigned_are_committed(runtime: ConfluentRuntime) -> None:
-    runtime._on_assign(runtime.consumer, tps(0, 1))  # type: ignore[arg-type]
+    assign(runtime, 0, 1)
     runtime._on_revoke(runtime.consumer, tps(1))  # type: ignore[arg-type]
     finished(runtime, p0=10, p1=20)  # a batch read before the revoke, finished after it
     assert commits(runtime) == [{(TOPIC, 0): 10}]
