@@ -91,6 +91,13 @@ def assign(rt: ConfluentRuntime, *partitions: int) -> None:
     rt._on_assign(rt.consumer, tps(*partitions))  # type: ignore[arg-type]
 
 
+def refused(rt: ConfluentRuntime, code: int) -> None:
+    """Partitions 0 and 1 assigned, a batch finished at 10 and 20, its commit refused."""
+    assign(rt, 0, 1)
+    finished(rt, p0=10, p1=20)
+    rt._on_commit(KafkaError(code), tps(0, 1))
+
+
 def commits(rt: ConfluentRuntime) -> list[dict[tuple[str, int], int]]:
     return [c for c, _ in rt.consumer.commits]  # type: ignore[attr-defined]
 
@@ -98,9 +105,7 @@ def commits(rt: ConfluentRuntime) -> list[dict[tuple[str, int], int]]:
 def test_a_refused_commit_is_made_again_a_moment_later(
     runtime: ConfluentRuntime, clock: list[float]
 ) -> None:
-    assign(runtime, 0, 1)
-    finished(runtime, p0=10, p1=20)
-    runtime._on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), tps(0, 1))
+    refused(runtime, KafkaError.REBALANCE_IN_PROGRESS)
 
     runtime._retry_refused_commit()
     assert len(commits(runtime)) == 1, "not before RECOMMIT_AFTER_S"
@@ -128,9 +133,7 @@ def test_a_commit_that_succeeds_is_not_made_again(
 def test_a_revoked_partitions_offsets_are_never_committed_again(
     runtime: ConfluentRuntime, clock: list[float]
 ) -> None:
-    assign(runtime, 0, 1)
-    finished(runtime, p0=10, p1=20)
-    runtime._on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), tps(0, 1))
+    refused(runtime, KafkaError.ILLEGAL_GENERATION)
     runtime._on_revoke(runtime.consumer, tps(1))  # type: ignore[arg-type]
     # Partition 1 went to another member, which moved on to offset 50, and came back to us.
     assign(runtime, 1)

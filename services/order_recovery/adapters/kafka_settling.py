@@ -12,7 +12,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,17 +50,15 @@ def when_settled(fn: Callable[[], T], what: str, timeout_s: float = 30.0) -> T:
     """fn(), asked again while the broker answers that it is settling, for up to timeout_s; the
     last answer is raised after that, and any other error at once."""
 
-    def note(state: object) -> None:
-        outcome = getattr(state, "outcome", None)
-        log.info("%s: broker settling (%s); asking again", what, outcome and outcome.exception())
+    def note(state: RetryCallState) -> None:
+        fault = state.outcome.exception() if state.outcome else None
+        log.info("%s: broker settling (%s); asking again", what, fault)
 
-    for attempt in Retrying(
+    retrying = Retrying(
         retry=retry_if_exception(is_settling),
         stop=stop_after_delay(timeout_s),
         wait=wait_random_exponential(multiplier=0.1, max=2.0),
         before_sleep=note,
         reraise=True,
-    ):
-        with attempt:
-            return fn()
-    raise AssertionError("unreachable: tenacity re-raises the last fault")
+    )
+    return retrying(fn)
