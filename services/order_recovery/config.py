@@ -119,6 +119,12 @@ class Settings:
     # runtime's smaller fetches, about 124 MB at the same rate (docs/performance.md). 3 MB is
     # about two and a half batches of the bench's events; 2 MB cost 7% of the rate.
     prefetch_kbytes: int = 3072
+    # How long a thread may hold the GIL while another waits for it (`sys.setswitchinterval`).
+    # The writer thread's Postgres round trips each wait for the GIL while the main thread
+    # decides the next batch, up to CPython's 5 ms each. 1 ms gave the worker 4-12% more
+    # decisions/s (four alternating pairs) and a p99 of 101 ms instead of 118 at 4,900/s (medians
+    # of six pairs), for 0-2 us more CPU a decision (docs/performance.md).
+    gil_switch_interval_s: float = 0.001
     max_poll_interval_ms: int = 300_000
     policy_dir: Path | None = None
     runtime: str = "confluent"  # the faster of the two in `make bench`; see docs/performance.md
@@ -155,6 +161,7 @@ class Settings:
             batch_size=_int(env, "ORDER_RECOVERY_BATCH_SIZE", 2000, minimum=1),
             batch_timeout_s=_float(env, "ORDER_RECOVERY_BATCH_TIMEOUT_S", 0.05),
             prefetch_kbytes=_int(env, "ORDER_RECOVERY_PREFETCH_KBYTES", 3072, minimum=64),
+            gil_switch_interval_s=_float(env, "ORDER_RECOVERY_GIL_SWITCH_INTERVAL_S", 0.001),
             max_poll_interval_ms=_int(
                 env, "ORDER_RECOVERY_MAX_POLL_INTERVAL_MS", 300_000, minimum=1000
             ),

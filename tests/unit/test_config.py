@@ -106,3 +106,30 @@ def test_static_membership_only_when_an_instance_id_is_set() -> None:
     assert "group.instance.id" not in consumer_config(dynamic)
     static = Settings.from_env({"ORDER_RECOVERY_GROUP_INSTANCE_ID": "order-recovery-0"})
     assert consumer_config(static)["group.instance.id"] == "order-recovery-0"
+
+
+def test_the_gil_switch_interval_defaults_to_1_ms_and_refuses_zero() -> None:
+    assert Settings.from_env({}).gil_switch_interval_s == 0.001
+    env = {"ORDER_RECOVERY_GIL_SWITCH_INTERVAL_S": "0.002"}
+    assert Settings.from_env(env).gil_switch_interval_s == 0.002
+    with pytest.raises(ConfigError, match="must be > 0"):
+        Settings.from_env({"ORDER_RECOVERY_GIL_SWITCH_INTERVAL_S": "0"})
+
+
+def test_the_worker_runs_its_runtime_with_the_configured_switch_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import order_recovery.runtimes.confluent as confluent
+    from order_recovery.entrypoints import worker
+
+    seen: list[float] = []
+    monkeypatch.setattr(confluent, "run", lambda _settings: seen.append(sys.getswitchinterval()))
+    monkeypatch.setenv("ORDER_RECOVERY_GIL_SWITCH_INTERVAL_S", "0.003")
+    before = sys.getswitchinterval()
+    try:
+        worker.main(["--runtime", "confluent"])
+    finally:
+        sys.setswitchinterval(before)
+    assert seen == [pytest.approx(0.003)]

@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run(settings: Settings) -> int:
+        # Before any thread starts: the pipeline's writer thread and the decisions share the GIL.
+        sys.setswitchinterval(settings.gil_switch_interval_s)
         runtime = args.runtime or settings.runtime
         if runtime == "confluent":
             from order_recovery.runtimes.confluent import run as run_confluent

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -105,6 +106,7 @@ def serve(settings: Settings, conn: Connection, parent_pid: int) -> None:
     """The pipeline process's main: build the worker, then serve the parent until told to exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.setswitchinterval(settings.gil_switch_interval_s)  # a new interpreter: see Settings
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
