@@ -1,3 +1,4 @@
+import sys
 from datetime import time
 from pathlib import Path
 
@@ -119,8 +120,6 @@ def test_the_gil_switch_interval_defaults_to_1_ms_and_refuses_zero() -> None:
 def test_the_worker_runs_its_runtime_with_the_configured_switch_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sys
-
     import order_recovery.runtimes.confluent as confluent
     from order_recovery.entrypoints import worker
 
